@@ -1,0 +1,41 @@
+# aar_ray: `make demo` runs the main job, `make test` the test suite. Both set up what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup test test-fast demo bench clean
+.DEFAULT_GOAL := demo
+
+setup: $(STAMP)
+
+# torch first, pinned: the CPU wheel on local disk. A bare `torch` requirement would pull a CUDA build.
+$(STAMP): pyproject.toml .ci/apt/*.txt
+	@bash .ci/install-apt.sh
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/aar w2s experiments/w2s_quick.yaml
+
+bench: setup
+	@set -e; for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done
+
+clean:
+	rm -rf .aar_cache runs mlruns .pytest_cache
+
+# Each area keeps its own targets in mk/<area>.mk.
+-include $(wildcard mk/*.mk)

@@ -1,0 +1,155 @@
+"""The method interface: what a weak-to-strong method sees and what it must return.
+
+A method is one Python file that defines
+
+    def run(ctx: MethodContext) -> torch.Tensor:
+        '''Return P(label = 1) for every evaluation example, shape (len(ctx.eval_ids),).'''
+
+It may also define `loss(logits, weak, progress) -> scalar tensor` and pass it to
+`ctx.fit_probe(..., loss_fn=loss)`; the built-ins do, so their losses can be tested on hand-made
+tensors. A method decides what it reads (`ctx.features("train", kind="softmax" | "hidden",
+layer=...)`, or `ctx.student.model` itself) and what it trains. It never sees a ground-truth label:
+the context holds the student's inputs, the weak supervisor's soft labels on them, and unlabelled
+evaluation inputs (validation and test, mixed, in an order the method cannot use to tell them apart).
+
+The weak and ceiling baselines use one fixed recipe, `baseline_probe`: a linear probe on the
+frozen model's next-token distribution (config `probe`), trained with AdamW on cross-entropy. Every
+method is measured against that same gap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from aar_ray.config import ProbeConfig
+from aar_ray.w2s.models import Base, features
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def soft_ce(logits: torch.Tensor, targets: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
+    """Binary cross-entropy of logits (B,) against soft targets (B,) in [0, 1]."""
+    return F.binary_cross_entropy_with_logits(logits, targets.float())
+
+
+class LinearProbe(torch.nn.Module):
+    """Logistic regression on features; standardizes by the fit set's statistics."""
+
+    def __init__(self, dim: int, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.linear = torch.nn.Linear(dim, 1)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x - self.mean) / self.std).squeeze(-1)  # (N, D) -> (N,)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))  # (N,) P(label = 1)
+
+
+def fit_probe(x: torch.Tensor, targets: torch.Tensor, cfg: ProbeConfig, seed: int, loss_fn: LossFn = soft_ce,
+              epochs: int | None = None, sample_weight: torch.Tensor | None = None,
+              on_step: Callable[[int, float], None] | None = None, standardize: bool = False) -> LinearProbe:
+    """Train a linear probe on x (N, D) toward targets (N,) in [0, 1] with minibatch AdamW."""
+    x, targets = x.float(), targets.float()
+    mean = x.mean(0) if standardize else torch.zeros(x.shape[1])
+    std = x.std(0).clamp_min(1e-6) if standardize else torch.ones(x.shape[1])
+    g = torch.Generator().manual_seed(seed)
+    probe = LinearProbe(x.shape[1], mean, std)
+    with torch.no_grad():  # seeded init, independent of global RNG state
+        probe.linear.weight.copy_(torch.randn(probe.linear.weight.shape, generator=g) * 0.01)
+        probe.linear.bias.zero_()
+    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epochs = epochs or cfg.epochs
+    n, bs = len(x), cfg.batch_size
+    total = epochs * ((n + bs - 1) // bs)
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            logits = probe.logits(x[idx])  # (B,)
+            if sample_weight is None:
+                loss = loss_fn(logits, targets[idx], step / total)
+            else:
+                per = loss_fn(logits, targets[idx], step / total)
+                loss = per if per.dim() == 0 else (per * sample_weight[idx]).sum() / sample_weight[idx].sum().clamp_min(1e-8)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if on_step is not None:
+                on_step(step, float(loss))
+            step += 1
+    return probe
+
+
+def baseline_probe(base: Base, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, cfg: ProbeConfig,
+                   seed: int, batch_size: int = 256) -> tuple[LinearProbe, torch.Tensor]:
+    """The fixed weak/ceiling recipe; returns the probe and the features it was fit on."""
+    x = features(base, ids, mask, cfg.features, cfg.layer, batch_size)
+    return fit_probe(x, targets, cfg, seed, standardize=(cfg.features == "hidden")), x
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may use. It holds no ground-truth label."""
+
+    student: Base
+    """The strong pretrained base (frozen copy; a method may fine-tune it)."""
+    train_ids: torch.Tensor
+    """(N_b, T) the student's training inputs (half B of the train split)."""
+    train_mask: torch.Tensor
+    """(N_b, T) attention mask of train_ids."""
+    weak_labels: torch.Tensor
+    """(N_b,) the weak supervisor's soft labels, P(label = 1)."""
+    eval_ids: torch.Tensor
+    """(N_e, T) unlabelled evaluation inputs (validation and test mixed)."""
+    eval_mask: torch.Tensor
+    """(N_e, T) attention mask of eval_ids."""
+    probe: ProbeConfig
+    """The baseline recipe, as a starting point."""
+    seed: int
+    """Seed chosen by the harness; use it for all randomness."""
+    fidelity: str = "full"
+    """'quick' (a quarter of the epochs, for exploration) or 'full'."""
+    batch_size: int = 256
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    _feats: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def epochs(self) -> int:
+        return max(1, self.probe.epochs // 4) if self.fidelity == "quick" else self.probe.epochs
+
+    def features(self, which: str = "train", kind: str | None = None, layer: int | None = None) -> torch.Tensor:
+        """Frozen-student features of the 'train' or 'eval' inputs (cached)."""
+        if which not in ("train", "eval"):
+            raise ValueError(f"which must be 'train' or 'eval', got {which!r}")
+        kind = kind or self.probe.features
+        layer = self.probe.layer if layer is None else layer
+        key = (which, kind, layer)
+        if key not in self._feats:
+            ids, mask = (self.train_ids, self.train_mask) if which == "train" else (self.eval_ids, self.eval_mask)
+            self._feats[key] = features(self.student, ids, mask, kind, layer, self.batch_size)
+        return self._feats[key]
+
+    def fit_probe(self, x: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn = soft_ce, epochs: int | None = None,
+                  sample_weight: torch.Tensor | None = None, seed_offset: int = 0, lr: float | None = None,
+                  weight_decay: float | None = None, standardize: bool = False) -> LinearProbe:
+        """Fit a linear probe with the recipe's optimizer; records the training loss per step.
+
+        Pass standardize=True for hidden-state features (z-scored by the fit set's statistics).
+        """
+        cfg = self.probe
+        if lr is not None or weight_decay is not None:
+            cfg = ProbeConfig(features=cfg.features, layer=cfg.layer, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                              lr=cfg.lr if lr is None else lr,
+                              weight_decay=cfg.weight_decay if weight_decay is None else weight_decay)
+        offset = len(self.losses)
+        return fit_probe(x, targets, cfg, self.seed + 1000 * seed_offset, loss_fn, epochs or self.epochs, sample_weight,
+                         on_step=lambda s, v: self.losses.append((offset + s, v)),
+                         standardize=standardize)

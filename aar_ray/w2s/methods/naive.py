@@ -1,0 +1,16 @@
+"""Naive: a linear probe on the student's next-token distribution, cross-entropy to the soft weak labels.
+
+The reference point of every campaign (Burns et al. 2023, "naive finetuning").
+"""
+import torch
+import torch.nn.functional as F
+
+
+def loss(logits: torch.Tensor, weak: torch.Tensor, progress: float) -> torch.Tensor:
+    """Binary cross-entropy of logits (B,) to the weak soft labels (B,)."""
+    return F.binary_cross_entropy_with_logits(logits, weak)
+
+
+def run(ctx) -> torch.Tensor:
+    probe = ctx.fit_probe(ctx.features("train"), ctx.weak_labels, loss_fn=loss)
+    return probe(ctx.features("eval"))  # (N_eval,) P(label = 1)

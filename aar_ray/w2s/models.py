@@ -1,0 +1,183 @@
+"""Base models: tiny transformers pretrained on the world (cached), or HF models by path or name.
+
+A tiny base is a `transformers` Llama config with a word-level tokenizer built from the world's
+vocabulary, so everything works offline. Pretraining runs once per (world, task, model config) and
+is cached on disk by content key.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import torch
+
+from aar_ray.config import ModelConfig
+from aar_ray.w2s import cache
+from aar_ray.w2s.world import SPECIALS, World
+
+PRETRAIN_VERSION = 1  # bump when pretraining code changes what a cached base contains
+
+
+@dataclass
+class Base:
+    """A frozen base model with its tokenizer; `key` identifies its weights."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    key: str
+    path: str  # directory holding weights + tokenizer (loadable by from_pretrained)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' requested but torch sees no CUDA device")
+    return torch.device(device)
+
+
+@lru_cache(maxsize=8)
+def _world_tokenizer_cached(words: tuple[str, ...]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(words)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>", pad_token="<pad>", padding_side="right")
+
+
+def world_tokenizer(world: World):
+    """Word-level tokenizer over the world's vocabulary: every name and number is one token."""
+    words = tuple(world.vocab)
+    assert words[: len(SPECIALS)] == tuple(SPECIALS)
+    return _world_tokenizer_cached(words)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.name_or_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def _tiny_config(cfg: ModelConfig, vocab_size: int, max_len: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=4 * cfg.d_model,
+                       num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                       num_key_value_heads=cfg.n_head, max_position_embeddings=max_len,
+                       tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def _dtype(cfg: ModelConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+
+
+def load_base(cfg: ModelConfig, device: torch.device, task=None, role: str = "strong", progress: bool = True) -> Base:
+    """The base for `role` ('weak' | 'strong'): pretrained-and-cached if tiny, loaded if HF."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.kind == "hf":
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=_dtype(cfg)).to(device).eval()
+        return Base(model, load_tokenizer(cfg), f"hf:{cfg.name_or_path}:{cfg.dtype}", cfg.name_or_path)
+    if task is None or role not in task.corpus:
+        raise ValueError(f"a tiny {role} base needs a built-in world task with a pretraining corpus")
+    key = cache.content_key("base", PRETRAIN_VERSION, task.fingerprint, role, asdict(cfg))
+    path = cache.path_for("bases", key)
+    if not (path / "config.json").is_file():
+        with cache.building(path) as tmp:
+            model = pretrain(cfg, task.corpus[role], len(task.tokenizer), device, desc=f"pretrain {role} base ({task.name})",
+                             progress=progress)
+            model.save_pretrained(tmp)
+            task.tokenizer.save_pretrained(tmp)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_dtype(cfg)).to(device).eval()
+    return Base(model, task.tokenizer, key, str(path))
+
+
+def pretrain(cfg: ModelConfig, corpus: torch.Tensor, vocab_size: int, device: torch.device, desc: str = "pretrain",
+             progress: bool = True, seed: int = 0) -> torch.nn.Module:
+    """Next-token pretraining on the world's facts; the loss is on each fact's answer token.
+
+    corpus: (M, L) token ids laid out as [<bos>, prompt..., answer, <eos>].
+    """
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(_tiny_config(cfg, vocab_size, corpus.shape[1] + 2)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warmup = max(1, cfg.pretrain_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.pretrain_steps)))))
+    labels = torch.full_like(corpus, -100)
+    labels[:, -2] = corpus[:, -2]  # only the answer is knowledge; the prompt's names are arbitrary
+    corpus, labels = corpus.to(device), labels.to(device)
+    g = torch.Generator().manual_seed(seed)
+    bar = _progress(desc, cfg.pretrain_steps, progress)
+    model.train()
+    for step in range(cfg.pretrain_steps):
+        idx = torch.randint(len(corpus), (min(cfg.pretrain_batch, len(corpus)),), generator=g).to(device)
+        loss = model(input_ids=corpus[idx], labels=labels[idx]).loss  # (B, L) -> scalar
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.update(step, loss.item())
+    bar.close()
+    return model.eval()
+
+
+class _progress:
+    """A rich progress bar on a TTY, a few log lines otherwise."""
+
+    def __init__(self, desc: str, total: int, enabled: bool):
+        self.desc, self.total, self.enabled = desc, total, enabled
+        self.t0 = time.time()
+        self._rich = None
+        if enabled and os.isatty(2):
+            from rich.progress import Progress
+            self._rich = Progress(transient=True)
+            self._rich.start()
+            self._task = self._rich.add_task(desc, total=total)
+
+    def update(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        if self._rich is not None:
+            self._rich.update(self._task, completed=step + 1, description=f"{self.desc} loss={loss:.3f}")
+        elif (step + 1) % max(1, self.total // 4) == 0:
+            print(f"[aar] {self.desc}: step {step + 1}/{self.total} loss={loss:.3f} ({time.time() - self.t0:.0f}s)",
+                  flush=True)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+
+
+@torch.no_grad()
+def features(base: Base, input_ids: torch.Tensor, attention_mask: torch.Tensor, kind: str = "softmax",
+             layer: int = -1, batch_size: int = 256) -> torch.Tensor:
+    """What a probe reads at each example's last real token, as float32 on CPU.
+
+    kind='softmax': the next-token distribution, (N, V). kind='hidden': hidden state of `layer`, (N, D).
+    """
+    device = next(base.model.parameters()).device
+    out = []
+    last = attention_mask.sum(1) - 1  # (N,) index of the last real token
+    for i in range(0, len(input_ids), batch_size):
+        ids, mask = input_ids[i:i + batch_size].to(device), attention_mask[i:i + batch_size].to(device)
+        res = base.model(input_ids=ids, attention_mask=mask, output_hidden_states=(kind == "hidden"))
+        rows = torch.arange(len(ids), device=device)
+        pos = last[i:i + batch_size].to(device)
+        if kind == "softmax":
+            out.append(torch.softmax(res.logits[rows, pos].float(), dim=-1).cpu())  # (B, V)
+        else:
+            out.append(res.hidden_states[layer][rows, pos].float().cpu())  # (B, D)
+    return torch.cat(out)
