@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench ui clean
 .DEFAULT_GOAL := demo
 
 setup: $(STAMP)
@@ -33,6 +33,9 @@ demo: setup
 
 bench: setup
 	@set -e; for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done
+
+ui: setup
+	$(BIN)/aar ui
 
 clean:
 	rm -rf .aar_cache runs mlruns .pytest_cache

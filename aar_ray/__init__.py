@@ -1,1 +1,2 @@
-pkg
+"""aar_ray: automated alignment research campaigns on Ray (weak-to-strong supervision)."""
+__version__ = "0.1.0"

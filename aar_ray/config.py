@@ -32,11 +32,11 @@ class WorldConfig:
 
     seed: int = 0
     """Seed of the world: its entities, facts, programs and the fixed val/test split."""
-    n_entities: int = 800
+    n_entities: int = 1000
     """Fictional people in the knowledge base."""
-    n_relations: int = 4
+    n_relations: int = 6
     """Relations per entity (lives_in, works_as, ...); each has its own value set."""
-    n_values: int = 24
+    n_values: int = 16
     """Distinct values per relation (cities, professions, ...)."""
     math_max: int = 50
     """Math problems are `a + b` with 0 <= a, b < math_max."""
@@ -44,6 +44,8 @@ class WorldConfig:
     """Tiny programs `f_k(x)` in the code task."""
     code_inputs: int = 40
     """Inputs x per program in the code task."""
+    statements: bool = False
+    """Put general statements about values ('Vessa is coastal') in the pretraining corpora."""
     weak_fraction: float = 0.3
     """Share of the world (entities, problems) in the weak base's pretraining corpus."""
     val_fraction: float = 0.15
@@ -77,7 +79,7 @@ class ModelConfig:
     """Hidden size (tiny)."""
     n_head: int = 4
     """Attention heads (tiny)."""
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 800
     """Optimizer steps of pretraining on the world corpus (tiny)."""
     pretrain_lr: float = 3e-3
     """Peak AdamW learning rate of pretraining (tiny)."""
@@ -85,6 +87,8 @@ class ModelConfig:
     """Sequences per pretraining step (tiny)."""
     dtype: str = "float32"
     """'float32' or 'bfloat16' (bf16 is meant for GPUs)."""
+    tie_embeddings: bool = False
+    """Tie input and output embeddings (tiny): what a base knows of a value then shapes how it predicts it."""
 
     def __post_init__(self) -> None:
         _check(self.kind in ("tiny", "hf"), "kind", f"must be 'tiny' or 'hf', got {self.kind!r}")

@@ -83,7 +83,7 @@ def fit_probe(x: torch.Tensor, targets: torch.Tensor, cfg: ProbeConfig, seed: in
             loss.backward()
             opt.step()
             if on_step is not None:
-                on_step(step, float(loss))
+                on_step(step, loss.item())
             step += 1
     return probe
 
@@ -139,10 +139,11 @@ class MethodContext:
 
     def fit_probe(self, x: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn = soft_ce, epochs: int | None = None,
                   sample_weight: torch.Tensor | None = None, seed_offset: int = 0, lr: float | None = None,
-                  weight_decay: float | None = None, standardize: bool = False) -> LinearProbe:
+                  weight_decay: float | None = None, standardize: bool | None = None) -> LinearProbe:
         """Fit a linear probe with the recipe's optimizer; records the training loss per step.
 
-        Pass standardize=True for hidden-state features (z-scored by the fit set's statistics).
+        standardize z-scores features by the fit set's statistics; by default it does so when the
+        recipe reads hidden states (their scale is arbitrary), not for next-token distributions.
         """
         cfg = self.probe
         if lr is not None or weight_decay is not None:
@@ -152,4 +153,4 @@ class MethodContext:
         offset = len(self.losses)
         return fit_probe(x, targets, cfg, self.seed + 1000 * seed_offset, loss_fn, epochs or self.epochs, sample_weight,
                          on_step=lambda s, v: self.losses.append((offset + s, v)),
-                         standardize=standardize)
+                         standardize=(cfg.features == "hidden") if standardize is None else standardize)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 from aar_ray.config import ModelConfig
 from aar_ray.w2s import cache
@@ -37,6 +38,14 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: 'cuda' requested but torch sees no CUDA device")
     return torch.device(device)
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bars say what is happening; transformers' per-shard bars only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 @lru_cache(maxsize=8)
@@ -74,7 +83,7 @@ def _tiny_config(cfg: ModelConfig, vocab_size: int, max_len: int):
     return LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.d_model, intermediate_size=4 * cfg.d_model,
                        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
                        num_key_value_heads=cfg.n_head, max_position_embeddings=max_len,
-                       tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                       tie_word_embeddings=cfg.tie_embeddings, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
 def _dtype(cfg: ModelConfig) -> torch.dtype:
@@ -85,6 +94,7 @@ def load_base(cfg: ModelConfig, device: torch.device, task=None, role: str = "st
     """The base for `role` ('weak' | 'strong'): pretrained-and-cached if tiny, loaded if HF."""
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     if cfg.kind == "hf":
         model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=_dtype(cfg)).to(device).eval()
         return Base(model, load_tokenizer(cfg), f"hf:{cfg.name_or_path}:{cfg.dtype}", cfg.name_or_path)
@@ -116,15 +126,17 @@ def pretrain(cfg: ModelConfig, corpus: torch.Tensor, vocab_size: int, device: to
     warmup = max(1, cfg.pretrain_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.pretrain_steps)))))
-    labels = torch.full_like(corpus, -100)
-    labels[:, -2] = corpus[:, -2]  # only the answer is knowledge; the prompt's names are arbitrary
-    corpus, labels = corpus.to(device), labels.to(device)
+    corpus = corpus.to(device)
     g = torch.Generator().manual_seed(seed)
     bar = _progress(desc, cfg.pretrain_steps, progress)
     model.train()
     for step in range(cfg.pretrain_steps):
         idx = torch.randint(len(corpus), (min(cfg.pretrain_batch, len(corpus)),), generator=g).to(device)
-        loss = model(input_ids=corpus[idx], labels=labels[idx]).loss  # (B, L) -> scalar
+        batch = corpus[idx]  # (B, L) = [<bos>, prompt..., answer, <eos>]
+        # Only the answer is knowledge (a prompt's names are arbitrary), so the loss reads the
+        # last prompt position alone; the LM head runs on (B, d), not (B, L, d).
+        hidden = model.model(input_ids=batch[:, :-2]).last_hidden_state[:, -1]  # (B, d)
+        loss = F.cross_entropy(model.lm_head(hidden), batch[:, -2])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -166,8 +178,11 @@ def features(base: Base, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
              layer: int = -1, batch_size: int = 256) -> torch.Tensor:
     """What a probe reads at each example's last real token, as float32 on CPU.
 
-    kind='softmax': the next-token distribution, (N, V). kind='hidden': hidden state of `layer`, (N, D).
+    kind='softmax': the next-token distribution, (N, V). kind='logits': the next-token logits, (N, V).
+    kind='hidden': hidden state of `layer`, (N, D).
     """
+    if kind not in ("softmax", "logits", "hidden"):
+        raise ValueError(f"features kind must be 'softmax', 'logits' or 'hidden', got {kind!r}")
     device = next(base.model.parameters()).device
     out = []
     last = attention_mask.sum(1) - 1  # (N,) index of the last real token
@@ -178,6 +193,8 @@ def features(base: Base, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         pos = last[i:i + batch_size].to(device)
         if kind == "softmax":
             out.append(torch.softmax(res.logits[rows, pos].float(), dim=-1).cpu())  # (B, V)
+        elif kind == "logits":
+            out.append(res.logits[rows, pos].float().cpu())  # (B, V)
         else:
             out.append(res.hidden_states[layer][rows, pos].float().cpu())  # (B, D)
     return torch.cat(out)

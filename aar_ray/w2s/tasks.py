@@ -92,6 +92,13 @@ def _world_task(cfg: W2SConfig, kind: str) -> TaskData:
     keep = _balance(labels, split, np.random.default_rng([cfg.world.seed, 11]))
     seqs = torch.cat([prompts, answers[:, None], torch.full((len(facts), 1), eos)], dim=1)  # (N, T+2)
     weak_mask = torch.tensor([g in world.weak_groups[kind] for g in groups])
+    st = world.statements[kind]
+    if st:  # statements about values go to both corpora
+        st_seqs = torch.tensor([[bos] + [vocab[w] for w in p] + [vocab[a], eos] for p, a in st])
+        seqs_weak = torch.cat([seqs[weak_mask], st_seqs])
+        seqs = torch.cat([seqs, st_seqs])
+    else:
+        seqs_weak = seqs[weak_mask]
     return TaskData(
         name=kind,
         input_ids=prompts[keep],
@@ -101,7 +108,7 @@ def _world_task(cfg: W2SConfig, kind: str) -> TaskData:
         split=split[keep],
         texts=[f.text for f, k in zip(facts, keep) if k],
         tokenizer=tok,
-        corpus={"strong": seqs, "weak": seqs[weak_mask]},
+        corpus={"strong": seqs, "weak": seqs_weak},
         fingerprint=f"world:{kind}:{cfg.world}",
     )
 

@@ -56,6 +56,7 @@ class World:
     values: dict[str, tuple[str, ...]]  # relation -> its value names
     properties: dict[str, frozenset[str]]  # relation -> values that have the property
     facts: dict[str, tuple[Fact, ...]]  # task kind -> facts
+    statements: dict[str, tuple[tuple[tuple[str, ...], str], ...]]  # task kind -> (prompt, answer) about values
     programs: tuple[str, ...]  # source of each code function
     weak_groups: dict[str, frozenset[int]]  # task kind -> groups the weak base was pretrained on
     splits: dict[str, dict[int, str]]  # task kind -> group -> 'train' | 'val' | 'test'
@@ -70,11 +71,12 @@ class World:
                     if w not in seen:
                         seen.add(w)
                         words.append(w)
-        for v in self.values.values():  # values no entity happens to hold
-            for w in v:
-                if w not in seen:
-                    seen.add(w)
-                    words.append(w)
+        extra = [w for v in self.values.values() for w in v]  # values no entity happens to hold
+        extra += [w for st in self.statements.values() for prompt, ans in st for w in (*prompt, ans)]
+        for w in extra:
+            if w not in seen:
+                seen.add(w)
+                words.append(w)
         return words
 
 
@@ -135,10 +137,20 @@ def build_world(cfg: WorldConfig) -> World:
                                    int(y % 4 < 2), f"Does print({fname}({x})) show a number whose value mod 4 is below 2?"))
 
     facts = {"facts": tuple(facts_kb), "math": tuple(facts_math), "code": tuple(facts_code)}
+    # General knowledge about values, in both bases' corpora: "Vessa is coastal", "37 mod 4 is high".
+    # It makes the property a concept the bases hold, as an LLM holds "coastal" as a concept; a
+    # student can then find it with little, noisy supervision. Prompts match the facts' lengths.
+    kb_st = tuple(((v, "is"), prop if v in properties[rel] else f"not_{prop}")
+                  for rel, _, prop in rels for v in values[rel])
+    numbers = sorted({int(f.answer) for f in facts_math} | {int(f.answer) for f in facts_code})
+    mod_word = {n: "low" if n % 4 < 2 else "high" for n in numbers}
+    math_st = tuple(((str(n), "mod", "4", "is"), mod_word[n]) for n in numbers)
+    code_st = tuple(((str(n), "mod", "4", "is", "so"), mod_word[n]) for n in numbers)
+    statements = {"facts": kb_st, "math": math_st, "code": code_st} if cfg.statements else {k: () for k in facts}
     weak_groups, splits = {}, {}
     for kind, fs in facts.items():
         groups = sorted({f.group for f in fs})
         perm = rng.permutation(len(groups))
         weak_groups[kind] = frozenset(groups[i] for i in perm[: int(round(cfg.weak_fraction * len(groups)))])
         splits[kind] = _split_groups(rng, groups, cfg)
-    return World(cfg, tuple(entities), values, properties, facts, tuple(programs), weak_groups, splits)
+    return World(cfg, tuple(entities), values, properties, facts, statements, tuple(programs), weak_groups, splits)

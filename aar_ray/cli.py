@@ -1,0 +1,112 @@
+"""The `aar` command line (also `python -m aar_ray`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from aar_ray.config import ConfigError
+
+
+def _table(result_json: dict) -> str:
+    """The W2S results as a fixed-width table: one row per method."""
+    w, c = result_json["weak_acc"], result_json["ceiling_acc"]
+    lines = [
+        f"task={result_json['task']}  seeds={result_json['seeds']}",
+        f"weak acc    {w['mean']:.3f} ± {w['std']:.3f}",
+        f"ceiling acc {c['mean']:.3f} ± {c['std']:.3f}   (gap {c['mean'] - w['mean']:.3f})",
+        "",
+        f"{'method':<20} {'transfer acc':>16} {'PGR':>16}   per-seed PGR",
+    ]
+    for name, m in result_json["methods"].items():
+        t, p = m["transfer_acc"], m["pgr"]
+        per = ", ".join(f"{v:+.2f}" for v in p["per_seed"])
+        lines.append(f"{name:<20} {t['mean']:>8.3f} ± {t['std']:.3f} {p['mean']:>+8.3f} ± {p['std']:.3f}   [{per}]")
+    return "\n".join(lines)
+
+
+def cmd_w2s(args: argparse.Namespace) -> int:
+    from aar_ray.config import W2SConfig, load_config
+    from aar_ray.w2s.engine import train
+
+    cfg = load_config(W2SConfig, args.preset, args.overrides)
+    result = train(cfg)
+    out = result.to_json()
+    _record_w2s(cfg, result)
+    print(_table(out))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _record_w2s(cfg, result) -> None:
+    """Record the run in MLflow when the tracking seam is available."""
+    try:
+        from aar_ray import tracking
+    except ImportError:
+        return
+    tracking.record_w2s(cfg, result)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the MLflow UI over the default store (lean flags: one worker, no job execution)."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from aar_ray import tracking
+
+    url = f"http://{args.host}:{args.port}"
+    with socket.socket() as s:
+        busy = s.connect_ex((args.host, args.port)) == 0
+    if busy:
+        try:
+            is_mlflow = urllib.request.urlopen(url + "/health", timeout=3).read().strip() == b"OK"
+        except OSError:
+            is_mlflow = False
+        if is_mlflow:
+            print(f"The MLflow UI is already running at {url}")
+            return 0
+        print(f"aar ui: port {args.port} on {args.host} is taken by another program; pass --port", file=sys.stderr)
+        return 1
+    uri = tracking.tracking_uri()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port), "--workers", "1",
+           "--backend-store-uri", uri, "--artifacts-destination", str(tracking.store_dir() / "artifacts")]
+    print(f"MLflow UI at {url} (store {uri}); Ctrl-C stops it", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aar", description="Automated alignment research campaigns on Ray.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("w2s", help="run a weak-to-strong experiment with every configured method")
+    w.add_argument("preset", help="YAML preset, e.g. experiments/w2s_quick.yaml")
+    w.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. task=math seeds=[0,1]")
+    w.add_argument("--out", help="write the results as JSON to this path")
+    w.set_defaults(func=cmd_w2s)
+    u = sub.add_parser("ui", help="serve the MLflow UI over the default store")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"aar: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Small configs and local tiny HF models for fast engine tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aar_ray.config import W2SConfig, load_config
+
+# A tiny world and tiny bases: seconds, not minutes. Not a benchmark: gaps here mean nothing.
+TINY = [
+    "world.n_entities=60", "world.n_relations=2", "world.n_values=8", "world.math_max=12",
+    "world.code_functions=8", "world.code_inputs=12",
+    "weak.pretrain_steps=40", "weak.pretrain_batch=64", "weak.pretrain_lr=0.01",
+    "strong.d_model=32", "strong.n_layer=1", "strong.n_head=2", "strong.pretrain_steps=80", "strong.pretrain_batch=64", "strong.pretrain_lr=0.01",
+    "probe.epochs=30", "probe.lr=0.05", "seeds=[0,1]", "torch_threads=1",
+]
+
+
+def tiny_cfg(*overrides: str) -> W2SConfig:
+    return load_config(W2SConfig, None, TINY + list(overrides))
+
+
+def make_tiny_hf_model(path: Path, arch: str, words: list[str], hidden: int = 32) -> Path:
+    """A randomly initialised Qwen-family causal LM with a word-level tokenizer, saved locally."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(words) - set(specials)))}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                  pad_token="<pad>")
+    cls_cfg, cls_model = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (Qwen3Config, Qwen3ForCausalLM)
+    cfg = cls_cfg(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, head_dim=hidden // 2,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    model = cls_model(cfg)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, n: int = 48) -> list[str]:
+    """A small binary dataset: label 1 iff the sentence mentions a 'warm' colour."""
+    warm, cool = ["red", "orange", "yellow"], ["blue", "green", "violet"]
+    words = set()
+    with path.open("w") as fh:
+        for i in range(n):
+            label = i % 2
+            colour = (warm if label else cool)[i % 3]
+            text = f"item{i % 12} is {colour}"
+            words.update(text.split())
+            fh.write(json.dumps({"text": text, "label": label, "group": f"g{i // 2}"}) + "\n")
+    return sorted(words)
