@@ -84,6 +84,24 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from aar_ray.campaign import campaign_main
+
+    return campaign_main(args.preset, args.overrides)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from aar_ray.report import report_main
+
+    return report_main(args.campaign_id, args.out)
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from aar_ray.sandbox_cli import trial_main
+
+    return trial_main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aar", description="Automated alignment research campaigns on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -92,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. task=math seeds=[0,1]")
     w.add_argument("--out", help="write the results as JSON to this path")
     w.set_defaults(func=cmd_w2s)
+    c = sub.add_parser("campaign", help="run (or resume, with campaign_id=...) a research campaign")
+    c.add_argument("preset", help="YAML preset, e.g. experiments/quick.yaml")
+    c.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. n_researchers=2 campaign_id=my-run")
+    c.set_defaults(func=cmd_campaign)
+    r = sub.add_parser("report", help="rebuild a campaign's report from MLflow alone")
+    r.add_argument("campaign_id")
+    r.add_argument("--out", help="output directory (default runs/<campaign-id>/)")
+    r.set_defaults(func=cmd_report)
+    t = sub.add_parser("trial", add_help=False,
+                       help="run one method file through the sandbox on the quick task (see `aar trial --help`)")
+    t.add_argument("rest", nargs=argparse.REMAINDER)
+    t.set_defaults(func=cmd_trial)
     u = sub.add_parser("ui", help="serve the MLflow UI over the default store")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)

@@ -329,3 +329,20 @@ def record_w2s(cfg, result, tracker: Tracker | None = None) -> dict[str, TrialRe
         tracker.end_run(parent, "FAILED")
         raise
     return out
+
+
+def enable_anthropic_autolog(experiment: str) -> None:
+    """Trace every anthropic Messages call of this process to MLflow (ClaudeBrain's `mlflow_autolog`).
+
+    Traces go to `experiment` (created like the tracker's, so a local store keeps their artifacts
+    beside its database). They hold the request body and the reply, never the request headers, so
+    the API key is not recorded.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    import mlflow.anthropic
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=MlflowTracker(uri).experiment(experiment))
+    mlflow.anthropic.autolog()

@@ -1,0 +1,112 @@
+"""The brain interface and the researcher loop's typed outcomes.
+
+A brain turns what the researcher observes (and the results of its last tool calls) into the next
+tool calls. Both brains, Claude and offline, speak the same tools (`aar_ray.agents.tools`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool call a brain wants executed. `id` pairs it with its result (Messages API tool_use id)."""
+
+    id: str
+    name: str
+    input: Any  # validated by the executor, not trusted: a brain may send anything
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """The outcome of one tool call, fed back to the brain. `content` is JSON-serializable."""
+
+    id: str
+    name: str
+    content: Any
+    is_error: bool = False
+
+
+@dataclass
+class Spend:
+    """What a researcher has used; the harness compares it with the budgets."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    dollars: float = 0.0
+    api_calls: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+
+class Brain(Protocol):
+    """Decides the next tool calls. Must be deterministic given its seed and inputs (offline) or
+    driven only by the API's responses (Claude). Never raises on a bad tool result; raises
+    `BudgetExceeded` when its own spend passes the cap and `BrainError` when it cannot go on."""
+
+    spend: Spend
+
+    def act(self, observation: str, results: list[ToolResult]) -> list[ToolCall]: ...
+
+    def state(self) -> dict: ...
+
+    def restore(self, state: dict) -> None: ...
+
+
+# ---------- typed outcomes (style rule 2: no magic strings) ----------
+
+class ResearchOutcome(Exception):
+    """Why a researcher's loop ended."""
+
+    kind = "ended"
+
+    def __init__(self, message: str = ""):
+        super().__init__(message or self.kind)
+
+
+class Finished(ResearchOutcome):
+    """The brain called `finish`."""
+
+    kind = "finished"
+
+
+class BudgetExceeded(ResearchOutcome):
+    """A hard budget (trials, GPU-seconds, tokens, dollars) is spent."""
+
+    kind = "budget_exceeded"
+
+
+class DeadlineReached(ResearchOutcome):
+    """The campaign's deadline passed."""
+
+    kind = "deadline"
+
+
+class StepLimit(ResearchOutcome):
+    """The researcher used its maximum number of steps."""
+
+    kind = "step_limit"
+
+
+class BrainError(ResearchOutcome):
+    """The brain cannot continue (e.g. the API keeps failing after retries)."""
+
+    kind = "brain_error"
+
+
+@dataclass
+class Transcript:
+    """Everything a researcher did, saved in `finally` whatever ends its loop."""
+
+    researcher: str
+    events: list[dict] = field(default_factory=list)
+
+    def add(self, kind: str, **data: Any) -> None:
+        import time
+
+        self.events.append({"t": time.time(), "kind": kind, **data})

@@ -1,0 +1,227 @@
+"""The researcher: observe -> brain decides -> execute tool calls -> repeat, until a typed outcome.
+
+`Researcher` is plain Python around two seams: a brain and a `ToolExecutor`. The campaign runs it
+as a Ray actor (num_cpus=0, max_restarts) whose state lives in the forum store, so a restarted
+actor continues where it was and never resubmits a finished trial. Budgets (trials, GPU-seconds,
+tokens, dollars, steps, deadline) are checked here, in the harness, not by the brain.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aar_ray.agents import compose
+from aar_ray.agents.base import (BrainError, BudgetExceeded, DeadlineReached, Finished, ResearchOutcome, StepLimit,
+                                 ToolCall, ToolResult, Transcript)
+from aar_ray.agents.tools import validate
+from aar_ray.w2s.cache import content_key
+from aar_ray.w2s.methods import source_hash
+
+
+def call(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a method on a plain object or a Ray actor handle alike (keeps Ray at the edge)."""
+    fn = getattr(obj, method)
+    if hasattr(fn, "remote"):
+        import ray
+
+        return ray.get(fn.remote(*args, **kwargs))
+    return fn(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class ResearcherBudget:
+    """Hard limits on one researcher, enforced by the harness."""
+
+    trials: int = 8
+    """Trials it may submit."""
+    gpu_seconds: float = 1e9
+    """GPU-seconds its jobs may use (from the pool's accounting)."""
+    tokens: int = 2_000_000
+    """LLM tokens (Claude brain)."""
+    dollars: float = 5.0
+    """LLM dollars (Claude brain)."""
+    steps: int = 200
+    """Brain steps (one act() each)."""
+    idle_wait_s: float = 0.5
+    """How long a step waits for in-flight trials when the brain asked nothing new."""
+
+
+class ToolExecutor:
+    """Runs one researcher's tool calls against the forum, the scorer and the pool."""
+
+    def __init__(self, researcher: str, forum: Any, scorer: Any, pool: Any, budget: ResearcherBudget,
+                 trial_settings: Any, submit_job: Any, seeds: list[int], total_trials: int | None = None):
+        self.rid = researcher
+        self.forum, self.scorer, self.pool = forum, scorer, pool
+        self.budget = budget
+        self.trial_settings = trial_settings
+        self.submit_job = submit_job  # (trial_id, owner, source, fidelity) -> None; the pool's job runs the trial
+        self.seeds = seeds
+        self.total_trials = total_trials  # the campaign's trial budget, shared by all researchers
+        self.finished_summary: str | None = None
+
+    def execute(self, c: ToolCall) -> ToolResult:
+        problem = validate(c.name, c.input)
+        if problem:
+            return ToolResult(c.id, c.name, {"error": problem}, is_error=True)
+        try:
+            return ToolResult(c.id, c.name, getattr(self, f"_tool_{c.name}")(c.input))
+        except ToolRefused as e:
+            return ToolResult(c.id, c.name, {"error": str(e)}, is_error=True)
+        except Exception as e:  # the forum/scorer refused or broke: the brain gets a reason, never a crash
+            return ToolResult(c.id, c.name, {"error": f"{type(e).__name__}: {e}"}, is_error=True)
+
+    # ---------- tools ----------
+
+    def _tool_submit_method(self, inp: dict) -> dict:
+        mine = call(self.forum, "trials", self.rid)
+        if len(mine) >= self.budget.trials:
+            raise ToolRefused(f"trial budget spent: {len(mine)} of {self.budget.trials} trials submitted")
+        if self.total_trials is not None:
+            everyone = [t for t in call(self.forum, "trials") if t["researcher"] != "driver"]
+            if len(everyone) >= self.total_trials:
+                raise ToolRefused(f"the campaign's trial budget is spent ({self.total_trials} trials)")
+        gpu_s = self.gpu_seconds()
+        if gpu_s >= self.budget.gpu_seconds:
+            raise ToolRefused(f"GPU-second budget spent: {gpu_s:.0f} of {self.budget.gpu_seconds:.0f}")
+        comp = inp.get("composition")
+        source = compose.compile_composition(comp) if comp is not None else inp["source"]
+        method_id = source_hash(source)
+        trial_id = "t" + content_key("trial", method_id, inp["fidelity"], self.seeds)[:15]
+        existing = call(self.forum, "trials", None, trial_id)
+        call(self.forum, "add_method", method_id, self.rid, inp["name"], source, inp["rationale"], comp)
+        if existing:  # the same method and fidelity was already tried (by anyone): its result is shared
+            return {"trial_id": trial_id, "method_id": method_id, "status": existing[0]["status"],
+                    "composition": comp, "note": "this exact trial already exists; its result is shared"}
+        call(self.forum, "upsert_trial", trial_id, self.rid, method_id, inp["name"], inp["fidelity"], "queued")
+        self.submit_job(trial_id, self.rid, source, inp["fidelity"], inp["name"])
+        return {"trial_id": trial_id, "method_id": method_id, "status": "queued", "composition": comp}
+
+    def _tool_get_results(self, inp: dict) -> dict:
+        rows = call(self.forum, "trials", self.rid, inp.get("trial_id"))
+        out = []
+        for r in rows:
+            item = {"trial_id": r["trial_id"], "name": r["name"], "method_id": r["method_id"],
+                    "fidelity": r["fidelity"], "status": r["status"]}
+            if r["status"] == "scored":
+                item["val_pgr"] = {"mean": r["val_pgr_mean"], "std": r["val_pgr_std"]}
+                item["val_acc"] = r["val_acc"]
+            if r["error"]:
+                item["reason"] = r["error"]
+            out.append(item)
+        return {"trials": out, "queries_left": call(self.scorer, "queries_left", self.rid)}
+
+    def _tool_leaderboard(self, inp: dict) -> dict:
+        return {"leaderboard": call(self.forum, "leaderboard", inp.get("limit", 10))}
+
+    def _tool_read_forum(self, inp: dict) -> dict:
+        return {"findings": call(self.forum, "read_forum", inp.get("limit", 20))}
+
+    def _tool_post_finding(self, inp: dict) -> dict:
+        return {"finding_id": call(self.forum, "post_finding", self.rid, inp["text"], inp.get("trial_id"))}
+
+    def _tool_read_method(self, inp: dict) -> dict:
+        return call(self.forum, "read_method", inp["method_id"])
+
+    def _tool_finish(self, inp: dict) -> dict:
+        self.finished_summary = inp.get("summary", "")
+        return {"ok": True}
+
+    # ---------- accounting ----------
+
+    def gpu_seconds(self) -> float:
+        snap = call(self.pool, "owner_status", self.rid)
+        return float(snap.get("gpu_seconds", 0.0)) if snap else 0.0
+
+    def trials_left(self) -> int:
+        return self.budget.trials - len(call(self.forum, "trials", self.rid))
+
+    def pending(self) -> int:
+        return sum(1 for t in call(self.forum, "trials", self.rid) if t["status"] in ("queued", "running"))
+
+
+class ToolRefused(Exception):
+    """The harness refuses a well-formed call (a budget); the brain gets the reason."""
+
+
+@dataclass
+class Researcher:
+    """One researcher's loop. `run()` returns its outcome; the transcript is saved whatever happens."""
+
+    rid: str
+    brain: Any
+    executor: ToolExecutor
+    budget: ResearcherBudget
+    deadline: float  # time.time() after which the campaign is over
+    transcript_dir: Path
+    stop_flag: Any = None  # callable -> bool: the campaign asks researchers to wind down
+    on_save: Any = None  # callable(rid, outcome, spend, transcript_path): e.g. MLflow
+    transcript: Transcript = field(init=False)
+    _results: list[ToolResult] = field(default_factory=list, init=False)
+    _step: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.transcript = Transcript(self.rid)
+        saved = call(self.executor.forum, "load_state", self.rid)
+        if saved:  # a restarted actor continues from its persisted state
+            self.brain.restore(saved["brain"])
+            self._step = saved["step"]
+            self.transcript.events = saved.get("events", [])
+            self.transcript.add("restored", step=self._step)
+
+    def observe(self) -> str:
+        return json.dumps({"step": self._step, "trials_left": self.executor.trials_left(),
+                           "pending": self.executor.pending(), "seconds_left": round(self.deadline - time.time()),
+                           "spend": {"tokens": self.brain.spend.tokens, "dollars": round(self.brain.spend.dollars, 4)}})
+
+    def check_limits(self) -> None:
+        if time.time() >= self.deadline:
+            raise DeadlineReached("the campaign deadline passed")
+        if self.stop_flag is not None and self.stop_flag():
+            raise DeadlineReached("the campaign is winding down")
+        if self._step >= self.budget.steps:
+            raise StepLimit(f"used all {self.budget.steps} steps")
+        spend = self.brain.spend
+        if spend.tokens >= self.budget.tokens or spend.dollars >= self.budget.dollars:
+            raise BudgetExceeded(f"LLM budget spent: {spend.tokens} tokens, ${spend.dollars:.2f}")
+
+    def step(self) -> None:
+        """Query the brain, execute its actions."""
+        self.check_limits()
+        calls = self.brain.act(self.observe(), self._results)
+        self._step += 1
+        self._results = [self.executor.execute(c) for c in calls]
+        for c, r in zip(calls, self._results):
+            self.transcript.add("tool", name=c.name, input=c.input, result=r.content, is_error=r.is_error)
+        if self.executor.finished_summary is not None:
+            raise Finished(self.executor.finished_summary)
+        if all(c.name in ("get_results", "leaderboard", "read_forum") for c in calls) and self.executor.pending():
+            time.sleep(self.budget.idle_wait_s)  # nothing new to do until a trial comes back
+        call(self.executor.forum, "save_state", self.rid,
+             {"brain": self.brain.state(), "step": self._step, "events": self.transcript.events[-200:]})
+
+    def run(self) -> dict:
+        outcome: ResearchOutcome = BrainError("did not start")
+        try:
+            while True:
+                self.step()
+        except ResearchOutcome as o:
+            outcome = o
+        except Exception as e:  # an unexpected failure is an outcome too, never a lost transcript
+            outcome = BrainError(f"{type(e).__name__}: {e}")
+        finally:
+            path = self.save_transcript(outcome)
+        return {"researcher": self.rid, "outcome": outcome.kind, "message": str(outcome), "steps": self._step,
+                "transcript": str(path), "spend": vars(self.brain.spend)}
+
+    def save_transcript(self, outcome: ResearchOutcome) -> Path:
+        self.transcript.add("outcome", kind=outcome.kind, message=str(outcome))
+        self.transcript_dir.mkdir(parents=True, exist_ok=True)
+        path = self.transcript_dir / f"{self.rid}.jsonl"
+        path.write_text("".join(json.dumps(e, default=str) + "\n" for e in self.transcript.events))
+        if self.on_save is not None:
+            self.on_save(self.rid, outcome.kind, vars(self.brain.spend), str(path))
+        return path

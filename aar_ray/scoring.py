@@ -1,0 +1,366 @@
+"""The trusted scorer: the only holder of ground-truth labels, test numbers and held-out results.
+
+Trial jobs receive `payloads` (inputs and weak labels, never a label) and return predictions; only
+the scorer turns predictions into numbers. Researchers get validation metrics (`score`); test PGR
+is recorded in MLflow and kept for the driver (`driver_results`), which ranks by it. Seeds are the
+harness's: every result is the mean ± std over all of them, and a trial missing one is not a result.
+Each researcher has a query budget of validation scorings; past it the scorer refuses with
+`QueryBudgetExceeded`, and records the refusal. The held-out math and code tasks and the integrity
+audits are driver-only (`score_private`, `audit_flags`).
+
+`Scorer` is plain Python (unit-testable); the campaign runs it as a named Ray actor (`SCORER_NAME`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from aar_ray.config import W2SConfig, _check
+from aar_ray.w2s import engine
+from aar_ray.w2s.engine import MethodResult, SeedResult
+from aar_ray.w2s.methods import source_hash
+from aar_ray.w2s.metrics import mean_std
+
+SCORER_NAME = "aar-scorer"
+FLAG_TEACHER_INDEPENDENT = "teacher-independent"
+FLAG_VAL_TEST_GAP = "val-test-gap"
+FLAG_PROBING = "probing"
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """What the harness fixes about scoring: seeds, budgets, held-out tasks and audit thresholds."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds every trial runs on, chosen by the harness (3 on CPU presets, 5 on GPU presets)."""
+    query_budget: int = 40
+    """Validation scorings per researcher."""
+    heldout_tasks: list[str] = field(default_factory=lambda: ["math", "code"])
+    """Held-out generalization tasks, run by the driver on the top methods."""
+    top_k: int = 3
+    """Methods (by hidden test PGR) that get the held-out stage and the audits."""
+    shuffle_ratio: float = 0.5
+    """Flag teacher-independent when PGR with shuffled weak labels stays >= this share of the original."""
+    shuffle_min_pgr: float = 0.1
+    """Only audit shuffling for methods whose PGR exceeds this (half of ~0 is noise)."""
+    gap_sigmas: float = 3.0
+    """Flag val-test gap when (val - test) PGR exceeds the naive reference's by this many seed-stds..."""
+    gap_floor: float = 0.1
+    """...and by at least this much PGR."""
+    probe_max_diff: float = 0.02
+    """Two submissions whose val predictions differ on at most this share of val examples are near-duplicates."""
+    probe_min_pairs: int = 3
+    """A researcher with this many near-duplicate submissions is flagged as probing."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "scoring.seeds",
+               f"needs distinct seeds, got {list(self.seeds)}")
+        _check(self.query_budget >= 1, "scoring.query_budget", f"must be >= 1, got {self.query_budget}")
+        _check(set(self.heldout_tasks) <= {"math", "code"}, "scoring.heldout_tasks", "may hold 'math' and 'code'")
+
+
+class ScoringError(Exception):
+    """A scoring request was refused; the message says why."""
+
+
+class QueryBudgetExceeded(ScoringError):
+    pass
+
+
+class TrialIncomplete(ScoringError):
+    """Predictions are missing for some of the harness's seeds: not a result."""
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    researcher: str
+    name: str
+    source: str
+    fidelity: str
+    val: dict  # pgr mean/std/per_seed, acc mean
+    test: dict
+    per_seed: list[SeedResult]
+    submitted: float
+    index: int
+    mlflow_run: str | None = None
+    flags: set[str] = field(default_factory=set)
+    private: dict = field(default_factory=dict)  # audit and held-out results
+
+
+class Scorer:
+    """Holds the ground truth and baselines of the primary task (and the held-out ones on demand)."""
+
+    def __init__(self, w2s: W2SConfig, scoring: ScoringConfig, tracker=None, experiment_id: str | None = None,
+                 researcher_runs: dict[str, str] | None = None, progress: bool = False, state_path: str | None = None,
+                 exempt: tuple[str, ...] = ()):
+        self.cfg = dataclasses.replace(w2s, seeds=list(scoring.seeds))
+        self.scoring = scoring
+        self.tracker = tracker
+        self.experiment_id = experiment_id
+        self.researcher_runs = dict(researcher_runs or {})
+        self._exp: dict[str, engine.Experiment] = {"primary": engine.prepare(self.cfg, progress)}
+        self._base: dict[tuple[str, int], engine.Baseline] = {}
+        for s in self.cfg.seeds:
+            self._baseline("primary", s)
+        self.trials: dict[str, TrialRecord] = {}
+        self.queries: dict[str, int] = {}
+        self.refusals: list[dict] = []
+        self._val_vectors: dict[str, list[np.ndarray]] = {}
+        self.probe_pairs: dict[str, int] = {}
+        self.t0 = time.time()
+        self.exempt = set(exempt)  # the driver's own baseline trials are not researcher queries
+        self.state_path = state_path
+        if state_path:
+            self._load()
+
+    # ---------- data ----------
+
+    def _experiment(self, task: str) -> engine.Experiment:
+        if task not in self._exp:
+            if task not in self.scoring.heldout_tasks:
+                raise ScoringError(f"unknown task {task!r}")
+            self._exp[task] = engine.prepare(dataclasses.replace(self.cfg, task=task))
+        return self._exp[task]
+
+    def _baseline(self, task: str, seed: int) -> engine.Baseline:
+        if (task, seed) not in self._base:
+            self._base[(task, seed)] = engine.baseline(self._experiment(task), seed)
+        return self._base[(task, seed)]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.cfg.seeds)
+
+    def baselines(self) -> dict:
+        """Weak and ceiling accuracies of the primary task per seed (driver-only: includes test)."""
+        return {s: {"weak": self._base[("primary", s)].weak_acc, "ceiling": self._base[("primary", s)].ceiling_acc}
+                for s in self.cfg.seeds}
+
+    def payloads(self, fidelity: str = "full", task: str = "primary", shuffle: bool = False) -> list[dict]:
+        """What a trial job receives for each harness seed: inputs and weak labels, never a label.
+
+        `task` other than 'primary' and `shuffle` (the shuffled-teacher audit) are for the driver.
+        """
+        exp = self._experiment(task)
+        out = []
+        for seed in self.cfg.seeds:
+            base = self._baseline(task, seed)
+            ctx = engine.trial_inputs(exp, seed, base, fidelity).ctx
+            weak = ctx.weak_labels
+            if shuffle:  # permute the teacher's labels across examples: any signal left is not the teacher's
+                weak = weak[torch.randperm(len(weak), generator=torch.Generator().manual_seed(10_000 + seed))]
+            out.append({
+                "seed": seed, "fidelity": fidelity, "student_dir": exp.strong.path, "student_key": exp.strong.key,
+                "probe": dataclasses.asdict(exp.cfg.probe), "batch_size": exp.cfg.batch_size_features,
+                "inputs": {"train_ids": ctx.train_ids, "train_mask": ctx.train_mask, "weak_labels": weak,
+                           "eval_ids": ctx.eval_ids, "eval_mask": ctx.eval_mask},
+            })
+        return out
+
+    # ---------- scoring ----------
+
+    def _score_seeds(self, task: str, preds_by_seed: dict) -> tuple[dict, dict, list[SeedResult], dict]:
+        preds_by_seed = {int(k): v for k, v in preds_by_seed.items()}
+        missing = [s for s in self.cfg.seeds if s not in preds_by_seed]
+        if missing:
+            raise TrialIncomplete(f"predictions are missing for seeds {missing}; a result needs all of "
+                                  f"{self.cfg.seeds}")
+        exp = self._experiment(task)
+        seeds, preds_out = [], {}
+        for s in self.cfg.seeds:
+            base = self._baseline(task, s)
+            eval_idx = engine.eval_order(exp.task.split, s)
+            try:
+                preds = engine.validate_predictions(torch.as_tensor(preds_by_seed[s]), len(eval_idx))
+            except ValueError as e:
+                raise ScoringError(f"seed {s}: {e}") from None
+            acc, pgr = engine.score(exp, base, eval_idx, preds)
+            seeds.append(SeedResult(s, base.weak_acc, base.ceiling_acc, acc, pgr))
+            preds_out[s] = preds
+        val = {**mean_std([r.pgr["val"] for r in seeds]), "per_seed": [r.pgr["val"] for r in seeds],
+               "acc": mean_std([r.transfer_acc["val"] for r in seeds])["mean"]}
+        test = {**mean_std([r.pgr["test"] for r in seeds]), "per_seed": [r.pgr["test"] for r in seeds],
+                "acc": mean_std([r.transfer_acc["test"] for r in seeds])["mean"]}
+        return val, test, seeds, preds_out
+
+    def queries_left(self, researcher: str) -> int:
+        return self.scoring.query_budget - self.queries.get(researcher, 0)
+
+    def trial_ids(self) -> list[str]:
+        return list(self.trials)
+
+    def score(self, researcher: str, trial_id: str, name: str, source: str, fidelity: str, preds_by_seed: dict,
+              losses_by_seed: dict | None = None) -> dict:
+        """Researcher-facing: score a trial, record everything, return validation numbers only."""
+        if trial_id in self.trials:  # the same trial again costs nothing and reveals nothing new
+            return self._val_view(self.trials[trial_id])
+        if researcher not in self.exempt and self.queries_left(researcher) <= 0:
+            self.refusals.append({"researcher": researcher, "trial_id": trial_id, "t": time.time()})
+            self._record_refusal(researcher, trial_id)
+            raise QueryBudgetExceeded(f"query budget spent: {researcher} has used all "
+                                      f"{self.scoring.query_budget} validation scorings")
+        val, test, seeds, preds = self._score_seeds("primary", preds_by_seed)
+        self.queries[researcher] = self.queries.get(researcher, 0) + 1
+        for r in seeds:
+            r.losses = [tuple(x) for x in (losses_by_seed or {}).get(r.seed, [])]
+        rec = TrialRecord(trial_id, researcher, name, source, fidelity, val, test, seeds, time.time(), len(self.trials))
+        self.trials[trial_id] = rec
+        self._watch_probing(researcher, preds)
+        rec.mlflow_run = self._record(rec, preds)
+        self._save()
+        return self._val_view(rec)
+
+    def _val_view(self, rec: TrialRecord) -> dict:
+        return {"trial_id": rec.trial_id, "name": rec.name, "fidelity": rec.fidelity,
+                "val_pgr": {"mean": rec.val["mean"], "std": rec.val["std"], "per_seed": rec.val["per_seed"]},
+                "val_acc": rec.val["acc"], "seeds": len(rec.per_seed),
+                "queries_left": self.queries_left(rec.researcher)}
+
+    # ---------- driver-only ----------
+
+    def driver_results(self) -> list[dict]:
+        """Every trial with val and test numbers and flags (for ranking and reports, never for researchers)."""
+        return [{"trial_id": r.trial_id, "researcher": r.researcher, "name": r.name, "fidelity": r.fidelity,
+                 "val_pgr": {k: r.val[k] for k in ("mean", "std")}, "test_pgr": {k: r.test[k] for k in ("mean", "std")},
+                 "flags": sorted(r.flags | ({FLAG_PROBING} if self._probing(r.researcher) else set())),
+                 "index": r.index, "t": r.submitted - self.t0, "mlflow_run": r.mlflow_run, "private": r.private}
+                for r in self.trials.values()]
+
+    def source(self, trial_id: str) -> str:
+        return self.trials[trial_id].source
+
+    def score_private(self, trial_id: str, kind: str, preds_by_seed: dict) -> dict:
+        """Driver-only scoring: kind 'heldout:math', 'heldout:code' or 'audit:shuffled'."""
+        rec = self.trials[trial_id]
+        task = kind.split(":", 1)[1] if kind.startswith("heldout:") else "primary"
+        _, test, _, _ = self._score_seeds(task, preds_by_seed)
+        rec.private[kind] = {"mean": test["mean"], "std": test["std"]}
+        if kind.startswith("heldout:") and self.tracker is not None and rec.mlflow_run:
+            from aar_ray import tracking
+            tracking.log_generalization(self.tracker, rec.mlflow_run, {task: test})
+        if kind == "audit:shuffled":
+            orig = rec.test["mean"]
+            if orig > self.scoring.shuffle_min_pgr and test["mean"] >= self.scoring.shuffle_ratio * orig:
+                rec.flags.add(FLAG_TEACHER_INDEPENDENT)
+            self._log_private(rec, {"audit_shuffled_pgr_mean": test["mean"]})
+        self._save()
+        return rec.private[kind]
+
+    def audit_gap(self, trial_id: str, reference_id: str) -> bool:
+        """Val-test gap audit against a reference trial (the naive baseline) on the same seeds."""
+        rec, ref = self.trials[trial_id], self.trials[reference_id]
+        diff = np.array(rec.val["per_seed"]) - np.array(rec.test["per_seed"])
+        ref_diff = np.array(ref.val["per_seed"]) - np.array(ref.test["per_seed"])
+        excess = float(diff.mean() - ref_diff.mean())
+        sigma = math.sqrt(float(diff.var(ddof=1) + ref_diff.var(ddof=1)) / len(diff)) if len(diff) > 1 else 0.0
+        flagged = excess > max(self.scoring.gap_sigmas * sigma, self.scoring.gap_floor)
+        if flagged:
+            rec.flags.add(FLAG_VAL_TEST_GAP)
+        rec.private["audit:gap"] = {"excess": excess, "sigma": sigma}
+        self._log_private(rec, {"audit_val_test_excess": excess})
+        self._save()
+        return flagged
+
+    def finalize_flags(self) -> None:
+        """Write every trial's flags to its MLflow run as a tag."""
+        for rec in self.trials.values():
+            flags = sorted(rec.flags | ({FLAG_PROBING} if self._probing(rec.researcher) else set()))
+            if self.tracker is not None and rec.mlflow_run:
+                self.tracker.set_tags(rec.mlflow_run, {"aar.flags": ",".join(flags) or "none"})
+
+    # ---------- probing watch ----------
+
+    def _watch_probing(self, researcher: str, preds: dict) -> None:
+        """Count submissions whose val predictions differ from an earlier one in only a handful of examples."""
+        exp = self._experiment("primary")
+        s = self.cfg.seeds[0]
+        idx = engine.eval_order(exp.task.split, s)
+        vec = (preds[s][exp.task.split[idx] == "val"] > 0.5).numpy()
+        limit = max(1, int(self.scoring.probe_max_diff * len(vec)))
+        for prev in self._val_vectors.get(researcher, []):
+            d = int((prev != vec).sum())
+            if 0 < d <= limit:
+                self.probe_pairs[researcher] = self.probe_pairs.get(researcher, 0) + 1
+                break
+        self._val_vectors.setdefault(researcher, []).append(vec)
+
+    def _probing(self, researcher: str) -> bool:
+        return self.probe_pairs.get(researcher, 0) >= self.scoring.probe_min_pairs
+
+    def flagged_researchers(self) -> dict[str, int]:
+        return {r: n for r, n in self.probe_pairs.items() if n >= self.scoring.probe_min_pairs}
+
+    # ---------- persistence (a resumed campaign's scorer knows every scored trial) ----------
+
+    def _save(self) -> None:
+        """Root-only JSON beside the campaign (0600 in a 0700 directory): it holds test numbers."""
+        if not self.state_path:
+            return
+        import json
+        import os
+
+        data = {"t0": self.t0, "queries": self.queries, "refusals": self.refusals, "probe_pairs": self.probe_pairs,
+                "val_vectors": {r: [v.astype(int).tolist() for v in vs] for r, vs in self._val_vectors.items()},
+                "trials": [{**{k: v for k, v in dataclasses.asdict(r).items() if k not in ("per_seed", "flags")},
+                            "flags": sorted(r.flags), "per_seed": [dataclasses.asdict(x) for x in r.per_seed]}
+                           for r in self.trials.values()]}
+        d = os.path.dirname(self.state_path)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
+        tmp = self.state_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, self.state_path)
+
+    def _load(self) -> None:
+        import json
+        import os
+
+        if not os.path.exists(self.state_path):
+            return
+        with open(self.state_path) as fh:
+            data = json.load(fh)
+        self.t0, self.queries, self.refusals = data["t0"], data["queries"], data["refusals"]
+        self.probe_pairs = data["probe_pairs"]
+        self._val_vectors = {r: [np.array(v, dtype=bool) for v in vs] for r, vs in data["val_vectors"].items()}
+        for t in data["trials"]:
+            per = [SeedResult(**{**x, "losses": [tuple(l) for l in x["losses"]]}) for x in t.pop("per_seed")]
+            flags = set(t.pop("flags"))
+            self.trials[t["trial_id"]] = TrialRecord(**t, per_seed=per, flags=flags)
+
+    # ---------- recording ----------
+
+    def _record(self, rec: TrialRecord, preds: dict) -> str | None:
+        if self.tracker is None or not self.tracker.enabled:
+            return None
+        from aar_ray import tracking
+
+        cfg = dataclasses.replace(self.cfg, fidelity=rec.fidelity, methods=[rec.name])
+        mr = MethodResult(rec.name, rec.source, source_hash(rec.source), rec.per_seed, preds)
+        exp = self._exp["primary"]
+        splits = {s: (engine.eval_order(exp.task.split, s), exp.task.split[engine.eval_order(exp.task.split, s)].tolist())
+                  for s in self.cfg.seeds}
+        out = tracking.record_trial(
+            self.tracker, self.experiment_id, cfg, mr, {}, parent=self.researcher_runs.get(rec.researcher),
+            extra_tags={"researcher": rec.researcher, "trial_id": rec.trial_id, "fidelity": rec.fidelity,
+                        "aar.trial_index": str(rec.index),
+                        **({"aar.baseline": rec.name} if rec.researcher in self.exempt else {})},
+            weak_key=exp.weak.key, strong_key=exp.strong.key, eval_splits=splits)
+        self.tracker.log_metrics(out.run_id, {"wall_time_s": rec.submitted - self.t0, "trial_index": rec.index})
+        return out.run_id
+
+    def _record_refusal(self, researcher: str, trial_id: str) -> None:
+        if self.tracker is not None and self.tracker.enabled and researcher in self.researcher_runs:
+            n = sum(1 for r in self.refusals if r["researcher"] == researcher)
+            self.tracker.log_metrics(self.researcher_runs[researcher], {"query_refusals": n})
+
+    def _log_private(self, rec: TrialRecord, metrics: dict) -> None:
+        if self.tracker is not None and self.tracker.enabled and rec.mlflow_run:
+            self.tracker.log_metrics(rec.mlflow_run, metrics)
