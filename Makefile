@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-fast demo bench ui clean
+.PHONY: setup test test-fast demo w2s bench ui clean
 .DEFAULT_GOAL := demo
 
 setup: $(STAMP)
@@ -29,6 +29,9 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: setup
+	$(BIN)/aar campaign experiments/quick.yaml
+
+w2s: setup
 	$(BIN)/aar w2s experiments/w2s_quick.yaml
 
 bench: setup

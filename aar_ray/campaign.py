@@ -355,7 +355,8 @@ def connect_ray(cfg: CampaignConfig, namespace: str) -> bool:
     if address:
         ray.init(address=address, namespace=namespace, runtime_env=env, log_to_driver=False)
         return False
-    kw = {"num_cpus": cfg.ray.num_cpus or None, "num_gpus": cfg.ray.num_gpus or None}
+    kw = {"num_cpus": cfg.ray.num_cpus or None, "num_gpus": cfg.ray.num_gpus or None,
+          "_temp_dir": os.environ.get("AAR_RAY_TMPDIR") or None}  # a private temp dir isolates this Ray
     ray.init(namespace=namespace, runtime_env=env, include_dashboard=False, log_to_driver=False,
              **{k: v for k, v in kw.items() if v is not None})
     return True

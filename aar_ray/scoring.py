@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from aar_ray.config import W2SConfig, _check
-from aar_ray.w2s import engine
-from aar_ray.w2s.engine import MethodResult, SeedResult
 from aar_ray.w2s.methods import source_hash
 from aar_ray.w2s.metrics import mean_std
+
+# torch and the engine are imported where the scorer works, not here: this module's config and
+# errors are imported by every researcher actor, which must start without torch.
 
 SCORER_NAME = "aar-scorer"
 FLAG_TEACHER_INDEPENDENT = "teacher-independent"
@@ -85,7 +85,7 @@ class TrialRecord:
     fidelity: str
     val: dict  # pgr mean/std/per_seed, acc mean
     test: dict
-    per_seed: list[SeedResult]
+    per_seed: list  # engine.SeedResult per harness seed
     submitted: float
     index: int
     mlflow_run: str | None = None
@@ -99,13 +99,15 @@ class Scorer:
     def __init__(self, w2s: W2SConfig, scoring: ScoringConfig, tracker=None, experiment_id: str | None = None,
                  researcher_runs: dict[str, str] | None = None, progress: bool = False, state_path: str | None = None,
                  exempt: tuple[str, ...] = ()):
+        from aar_ray.w2s import engine
+
         self.cfg = dataclasses.replace(w2s, seeds=list(scoring.seeds))
         self.scoring = scoring
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.researcher_runs = dict(researcher_runs or {})
-        self._exp: dict[str, engine.Experiment] = {"primary": engine.prepare(self.cfg, progress)}
-        self._base: dict[tuple[str, int], engine.Baseline] = {}
+        self._exp: dict = {"primary": engine.prepare(self.cfg, progress)}  # task -> engine.Experiment
+        self._base: dict = {}  # (task, seed) -> engine.Baseline
         for s in self.cfg.seeds:
             self._baseline("primary", s)
         self.trials: dict[str, TrialRecord] = {}
@@ -121,14 +123,18 @@ class Scorer:
 
     # ---------- data ----------
 
-    def _experiment(self, task: str) -> engine.Experiment:
+    def _experiment(self, task: str):
+        from aar_ray.w2s import engine
+
         if task not in self._exp:
             if task not in self.scoring.heldout_tasks:
                 raise ScoringError(f"unknown task {task!r}")
             self._exp[task] = engine.prepare(dataclasses.replace(self.cfg, task=task))
         return self._exp[task]
 
-    def _baseline(self, task: str, seed: int) -> engine.Baseline:
+    def _baseline(self, task: str, seed: int):
+        from aar_ray.w2s import engine
+
         if (task, seed) not in self._base:
             self._base[(task, seed)] = engine.baseline(self._experiment(task), seed)
         return self._base[(task, seed)]
@@ -147,6 +153,10 @@ class Scorer:
 
         `task` other than 'primary' and `shuffle` (the shuffled-teacher audit) are for the driver.
         """
+        import torch
+
+        from aar_ray.w2s import engine
+
         exp = self._experiment(task)
         out = []
         for seed in self.cfg.seeds:
@@ -165,7 +175,12 @@ class Scorer:
 
     # ---------- scoring ----------
 
-    def _score_seeds(self, task: str, preds_by_seed: dict) -> tuple[dict, dict, list[SeedResult], dict]:
+    def _score_seeds(self, task: str, preds_by_seed: dict) -> tuple[dict, dict, list, dict]:
+        import torch
+
+        from aar_ray.w2s import engine
+        from aar_ray.w2s.engine import SeedResult
+
         preds_by_seed = {int(k): v for k, v in preds_by_seed.items()}
         missing = [s for s in self.cfg.seeds if s not in preds_by_seed]
         if missing:
@@ -278,6 +293,8 @@ class Scorer:
 
     def _watch_probing(self, researcher: str, preds: dict) -> None:
         """Count submissions whose val predictions differ from an earlier one in only a handful of examples."""
+        from aar_ray.w2s import engine
+
         exp = self._experiment("primary")
         s = self.cfg.seeds[0]
         idx = engine.eval_order(exp.task.split, s)
@@ -323,6 +340,8 @@ class Scorer:
         import json
         import os
 
+        from aar_ray.w2s.engine import SeedResult
+
         if not os.path.exists(self.state_path):
             return
         with open(self.state_path) as fh:
@@ -341,6 +360,8 @@ class Scorer:
         if self.tracker is None or not self.tracker.enabled:
             return None
         from aar_ray import tracking
+        from aar_ray.w2s import engine
+        from aar_ray.w2s.engine import MethodResult
 
         cfg = dataclasses.replace(self.cfg, fidelity=rec.fidelity, methods=[rec.name])
         mr = MethodResult(rec.name, rec.source, source_hash(rec.source), rec.per_seed, preds)

@@ -218,7 +218,7 @@ class Researcher:
                 "transcript": str(path), "spend": vars(self.brain.spend)}
 
     def save_transcript(self, outcome: ResearchOutcome) -> Path:
-        self.transcript.add("outcome", kind=outcome.kind, message=str(outcome))
+        self.transcript.add("outcome", outcome=outcome.kind, message=str(outcome))
         self.transcript_dir.mkdir(parents=True, exist_ok=True)
         path = self.transcript_dir / f"{self.rid}.jsonl"
         path.write_text("".join(json.dumps(e, default=str) + "\n" for e in self.transcript.events))

@@ -15,8 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 from aar_ray.config import PROJECT_ROOT
 
 
@@ -50,6 +48,8 @@ def building(path: Path) -> Iterator[Path]:
 
 
 def load(kind: str, key: str) -> Any | None:
+    import torch
+
     f = path_for(kind, key).with_suffix(".pt")
     if not f.is_file():
         return None
@@ -57,6 +57,8 @@ def load(kind: str, key: str) -> Any | None:
 
 
 def save(kind: str, key: str, obj: Any) -> None:
+    import torch
+
     f = path_for(kind, key).with_suffix(".pt")
     f.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{f.name}.", dir=f.parent)

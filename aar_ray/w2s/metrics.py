@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
-def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+def accuracy(probs: "torch.Tensor", labels: "torch.Tensor") -> float:
     """Share of examples where P(label = 1) > 0.5 agrees with the 0/1 label."""
     if probs.shape != labels.shape:
         raise ValueError(f"predictions {tuple(probs.shape)} and labels {tuple(labels.shape)} differ in shape")

@@ -1,0 +1,602 @@
+"""Harness side of the sandbox: run one method file on prepared inputs in a confined child.
+
+    result = run_method_sandboxed(method_path, student_dir, inputs, probe=cfg.probe, seed=0)
+    result.status, result.reason, result.preds, result.losses, result.layers
+
+Agent code never enters this process. A trial is:
+  1. static pre-check of the source (a courtesy; the layers are the defence);
+  2. a trial directory: in/ (inputs, method copy, child spec; what the sandbox may read) and
+     private/ (root-owned 0700: result files the child writes through inherited fds, logs);
+  3. the trusted launcher (aar_ray.sandbox.launch) starts the child under rlimits, cgroups, a
+     dedicated uid and bubblewrap; the child applies Landlock and seccomp to itself before it
+     imports torch, then runs the method;
+  4. the harness trusts only the launcher's report, its own clock and the attestation the child
+     wrote before running any agent code; predictions come back as a size-capped plain-array record
+     (no pickle, no zip) and are validated like in-process ones.
+"""
+from __future__ import annotations
+
+import functools
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from aar_ray.sandbox import precheck
+
+SANDBOX_USER = "aar-sandbox"
+STAGE_DIR = "/run/aar-sandbox"  # empty mountpoint; the launcher mounts a tmpfs over it in a private mount ns
+INPUT_KEYS = ("train_ids", "train_mask", "weak_labels", "eval_ids", "eval_mask")
+MAX_RESULT_BYTES = 64 << 20
+STATUSES = ("ok", "rejected", "failed", "invalid_output", "timeout", "cpu_limit", "memory_limit", "pids_limit",
+            "crashed", "leftover_processes", "sandbox_error")
+# ok                  predictions passed validation
+# rejected            static pre-check refused the source (nothing ran)
+# failed              run(ctx) raised (the reason names the exception), or the method file is broken
+# invalid_output      it returned something other than a finite float tensor of shape (N_eval,) in [0, 1]
+# timeout             wall-clock limit; the whole process tree was killed
+# cpu_limit           CPU-seconds rlimit (SIGXCPU / SIGKILL)
+# memory_limit        address-space rlimit (MemoryError) or the cgroup OOM killer
+# pids_limit          hit the process limit (fork bomb) and died of it
+# crashed             killed by a signal (segfault, abort, ...)
+# leftover_processes  run() returned but left processes behind (they were killed)
+# sandbox_error       the harness could not start the sandbox; not the method's fault
+
+
+class SandboxError(RuntimeError):
+    """A required layer is unavailable or the sandbox could not start."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Every limit of a sandboxed trial. They live here, in the harness, never in the trial."""
+
+    memory_mb: int = 8192
+    """Address-space rlimit per process (torch needs ~4 GiB of address space just to import)."""
+    oom_mb: int | None = None
+    """cgroup memory cap on resident memory, page cache and tmpfs of the whole trial; None: memory_mb."""
+    cpu_s: float | None = None
+    """CPU-seconds soft rlimit per process (hard = soft + 5); None: timeout_s x threads."""
+    threads: int = 1
+    """torch intra-op threads, and the cgroup CPU quota in cores."""
+    pids: int = 128
+    """Processes+threads of one trial (cgroup pids.max)."""
+    nproc: int = 1024
+    """RLIMIT_NPROC of the sandbox uid, shared by all its concurrent trials (a backstop to pids)."""
+    nofile: int = 1024
+    """Open files per process."""
+    fsize_mb: int = 256
+    """Largest file a trial may write (its logs and result on the host disk included)."""
+    scratch_mb: int = 512
+    """Size of the scratch tmpfs (and of the /tmp tmpfs)."""
+    use_bwrap: bool = True
+    """Use bubblewrap when the probe says it works."""
+    use_landlock: bool = True
+    use_seccomp: bool = True
+    use_cgroup: bool = True
+    require: tuple[str, ...] = ()
+    """Layers that must apply or the trial is refused: any of uid, bwrap, landlock, seccomp, cgroup, rlimits."""
+    devices: tuple[str, ...] = ()
+    """Device files to expose read-write (e.g. /dev/nvidia0, /dev/nvidiactl, /dev/nvidia-uvm for a GPU trial)."""
+
+
+@dataclass
+class SandboxResult:
+    status: str
+    reason: str
+    preds: object = None  # torch.Tensor (N_eval,) float32 when status == "ok"
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    log_tail: str = ""
+    timings: dict = field(default_factory=dict)  # the child's own (untrusted) phase timings
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def summary(self) -> dict:
+        """JSON-safe: no predictions."""
+        d = asdict(self)
+        d.pop("preds")
+        d["losses"] = len(self.losses)
+        return d
+
+
+class SandboxFailure(RuntimeError):
+    """Raised by the engine-facing runner when a sandboxed trial does not return valid predictions."""
+
+    def __init__(self, result: SandboxResult):
+        super().__init__(f"{result.status}: {result.reason}")
+        self.result = result
+
+
+# ---- what this machine offers (probed once per process) ----
+
+@dataclass(frozen=True)
+class Host:
+    uid: int | None  # sandbox uid when we are root (privilege drop), else None
+    gid: int | None
+    user: str
+    bwrap: str | None  # path of a working bwrap, None if unusable
+    bwrap_note: str
+    landlock_abi: int
+    seccomp: bool
+    cgroup: bool
+    stage: bool  # root with CAP_SYS_ADMIN: can stage read-only trees for the sandbox uid
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def ensure_sandbox_user() -> tuple[int, int, str]:
+    """The dedicated unprivileged account, created (system user, no home, no shell) if missing.
+
+    A dedicated uid rather than `nobody`: nobody is shared with NFS squashing and other daemons,
+    and nothing else should ever own a process or file as aar-sandbox.
+    """
+    try:
+        pw = pwd.getpwnam(SANDBOX_USER)
+    except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        if os.path.exists(useradd):
+            subprocess.run([useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+                            "/usr/sbin/nologin", "--user-group", SANDBOX_USER], check=False, capture_output=True)
+        try:
+            pw = pwd.getpwnam(SANDBOX_USER)
+        except KeyError:  # no useradd (minimal image): fall back to nobody, still unprivileged
+            pw = pwd.getpwnam("nobody")
+    if pw.pw_uid == 0:
+        raise SandboxError(f"user {pw.pw_name} has uid 0")
+    return pw.pw_uid, pw.pw_gid, pw.pw_name
+
+
+def _caps_eff() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def _probe_bwrap(uid: int | None, gid: int | None) -> tuple[str | None, str]:
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        return None, "bwrap not installed (Debian package bubblewrap)"
+    cmd = ["/usr/bin/env", "-i", bwrap, *_BWRAP_FLAGS, "--ro-bind", "/", "/", "--proc", "/proc", "/bin/true"]
+    try:
+        p = subprocess.run(cmd, env={}, capture_output=True, text=True, timeout=20, user=uid, group=gid,
+                           extra_groups=[] if uid is not None else None, start_new_session=True)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"bwrap probe failed: {e}"
+    if p.returncode != 0:  # typical in Kubernetes pods: user namespaces forbidden
+        return None, f"bwrap unusable here: {p.stderr.strip()[:200]}"
+    return bwrap, "ok"
+
+
+def _seccomp_available() -> bool:
+    try:
+        from aar_ray.sandbox import seccomp
+        seccomp._load_pyseccomp()
+        return True
+    except (ImportError, OSError, AttributeError):
+        return False
+
+
+def _cgroup_available() -> bool:
+    root = Path("/sys/fs/cgroup")
+    if (root / "cgroup.controllers").is_file():
+        return {"memory", "pids"} <= set((root / "cgroup.controllers").read_text().split()) and os.access(root, os.W_OK)
+    return all(os.access(root / c, os.W_OK) and (root / c / "cgroup.procs").is_file() for c in ("memory", "pids"))
+
+
+@functools.lru_cache(maxsize=1)
+def host() -> Host:
+    """Probe the layers once: which apply here, and why not where they do not."""
+    from aar_ray.sandbox import landlock
+
+    root = os.geteuid() == 0
+    uid = gid = None
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    if root:
+        uid, gid, user = ensure_sandbox_user()
+    stage = root and bool(_caps_eff() & (1 << 21))  # CAP_SYS_ADMIN
+    if stage:
+        os.makedirs(STAGE_DIR, mode=0o755, exist_ok=True)
+    bwrap, note = _probe_bwrap(uid, gid)
+    return Host(uid, gid, user, bwrap, note, landlock.abi_version(), _seccomp_available(),
+                root and _cgroup_available(), stage)
+
+
+_BWRAP_FLAGS = ["--unshare-all", "--unshare-user", "--die-with-parent", "--cap-drop", "ALL", "--disable-userns",
+                "--new-session", "--hostname", "aar-sandbox"]
+
+
+# ---- building one trial ----
+
+def _system_ro() -> list[str]:
+    """System trees the child needs: shared libraries and the CPU topology torch reads; no /usr/bin,
+    nothing of /etc beyond ld.so.cache."""
+    return [p for p in ("/usr/lib", "/usr/lib64", "/usr/lib32", "/etc/ld.so.cache", "/sys/devices/system/cpu")
+            if os.path.exists(p)]
+
+
+def _runtime_trees() -> dict[str, str]:
+    """name -> path of what the child imports: interpreter prefix, venv, and this package (editable installs)."""
+    import aar_ray
+
+    trees = {"python": os.path.realpath(sys.base_prefix), "venv": os.path.realpath(sys.prefix)}
+    pkg = os.path.realpath(os.path.dirname(aar_ray.__file__))
+    if not any(pkg.startswith(t + "/") for t in trees.values()):
+        trees["pkg"] = pkg
+    return trees
+
+
+def _child_env(threads: int, home: str) -> dict[str, str]:
+    n = str(threads)
+    return {"HOME": home, "TMPDIR": "/tmp", "PATH": "/nonexistent", "LANG": "C.UTF-8", "USER": SANDBOX_USER,
+            "LOGNAME": SANDBOX_USER, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n,
+            "OPENBLAS_NUM_THREADS": n}
+
+
+def _plan(h: Host, lim: SandboxLimits, trial: Path, student: str, timeout_s: float,
+          device: str) -> tuple[dict, dict, list, bool]:
+    """(launcher spec, child spec, layers planned, bwrap used) for one trial."""
+    trees = _runtime_trees()
+    python = os.path.join(trees["venv"], "bin", "python")
+    priv = trial / "private"
+    use_bwrap = lim.use_bwrap and h.bwrap is not None
+    layers: list[str] = []
+    threads = max(1, lim.threads)
+    launcher = {"fds": {"1": str(priv / "stdout.log"), "2": str(priv / "stderr.log"), "3": str(priv / "out.bin"),
+                        "4": str(priv / "error.json"), "5": str(priv / "attest.json")},
+                "timeout_s": timeout_s, "uid": h.uid, "gid": h.gid, "cwd": "/"}
+    cpu = int(lim.cpu_s if lim.cpu_s is not None else timeout_s * threads) + 1
+    mem = lim.memory_mb << 20
+    launcher["rlimits"] = {"as": [mem, mem], "cpu": [cpu, cpu + 5], "nofile": [lim.nofile, lim.nofile],
+                           "fsize": [lim.fsize_mb << 20, lim.fsize_mb << 20], "core": [0, 0]}
+    if h.uid is not None:  # NPROC counts every process of the uid: only meaningful for a dedicated uid
+        launcher["rlimits"]["nproc"] = [lim.nproc, lim.nproc]
+        layers.append(f"uid:{h.user}({h.uid})")
+    layers.append("rlimits(as,cpu,nofile,fsize,core" + (",nproc" if h.uid is not None else "") + ")")
+    if lim.use_cgroup and h.cgroup:
+        launcher["cgroup"] = {"memory": (lim.oom_mb or lim.memory_mb) << 20, "pids": lim.pids, "cpus": threads}
+    layers.append("env-cleared")
+    if use_bwrap:
+        inside = {"python": trees["python"], "venv": trees["venv"], "pkg": trees.get("pkg"), "in": "/aar/in",
+                  "student": "/aar/student"}
+        sources = {"python": trees["python"], "venv": trees["venv"], "pkg": trees.get("pkg"), "in": str(trial / "in"),
+                   "student": student}
+        sources = {k: v for k, v in sources.items() if v}
+        if h.stage:  # bwrap runs as the sandbox uid: give it sources it can reach
+            launcher["stage"] = {"dir": STAGE_DIR, "binds": [[v, k] for k, v in sources.items()]}
+            sources = {k: f"{STAGE_DIR}/{k}" for k in sources}
+            layers.append("staged-binds")
+        argv = ["/usr/bin/env", "-i", h.bwrap, *_BWRAP_FLAGS]
+        for p in _system_ro():
+            argv += ["--ro-bind", p, p]
+        for link in ("/lib", "/lib64", "/lib32"):
+            if os.path.islink(link):
+                argv += ["--symlink", os.readlink(link), link]
+        for k, src in sources.items():
+            argv += ["--ro-bind", src, inside[k]]
+        argv += ["--dev", "/dev", "--proc", "/proc",
+                 "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/aar/scratch",
+                 "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/tmp",
+                 "--perms", "1777", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/dev/shm"]
+        for d in lim.devices:
+            argv += ["--dev-bind", d, d]
+        for k, v in _child_env(threads, "/aar/scratch").items():
+            argv += ["--setenv", k, v]
+        argv += ["--chdir", "/aar/scratch", "--", python, "-I", "-m", "aar_ray.sandbox_child", "/aar/in/spec.json"]
+        launcher.update(argv=argv, env={})
+        layers.append("bwrap(" + ",".join(["unshare-all", "cap-drop", "disable-userns", "ro-binds", "tmpfs"]) + ")")
+        inn, scratch, stu = "/aar/in", "/aar/scratch", "/aar/student"
+        ro = [inside["python"], inside["venv"], *([inside["pkg"]] if inside["pkg"] else []), inn, stu, *_system_ro()]
+        rw = [scratch, "/tmp", "/dev/shm"]
+    else:
+        scratch = trial / "scratch"
+        scratch.mkdir(mode=0o700)
+        if h.uid is not None:
+            os.chown(scratch, h.uid, h.gid)
+        inn, scratch, stu = str(trial / "in"), str(scratch), student
+        ro = [*trees.values(), inn, stu, *_system_ro()]
+        rw = [scratch]
+        if h.stage:
+            launcher["expose"] = [*trees.values(), inn, stu]
+            layers.append("exposed-in-place")
+        launcher.update(argv=[python, "-I", "-m", "aar_ray.sandbox_child", f"{inn}/spec.json"],
+                        env=_child_env(threads, scratch), cwd=scratch,
+                        check_readable=[python, os.path.join(trees["python"], "lib"), f"{inn}/spec.json", stu, scratch])
+    child = {"inputs": f"{inn}/inputs.pt", "method": f"{inn}/method.py", "student": stu, "scratch": scratch,
+             "threads": threads, "device": device,
+             "landlock": {"read": ro + ["/proc/self", "/proc/cpuinfo", "/dev/urandom", "/dev/random", "/dev/zero"],
+                          "write": rw + ["/dev/null"], "devices": list(lim.devices)} if lim.use_landlock else None,
+             "seccomp": lim.use_seccomp and h.seccomp, "unix_sockets": use_bwrap,  # host sockets hidden by bwrap
+             "out_fd": 3, "err_fd": 4, "attest_fd": 5}
+    return launcher, child, layers, use_bwrap
+
+
+def _share_student(student: str) -> None:
+    """Make the student's files readable by the sandbox uid (others: r, dirs: rx).
+
+    transformers writes model.safetensors with mode 0600, so a root-built cache is unreadable by an
+    unprivileged uid. Weights are what the trial is meant to read; labels never live here.
+    """
+    for d, _, files in os.walk(student):
+        for path, want in [(d, 0o005)] + [(os.path.join(d, f), 0o004) for f in files]:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):  # never chmod through a link: its target may be anything
+                continue
+            if st.st_mode & want != want:
+                os.chmod(path, (st.st_mode & 0o7777) | want)
+
+
+def _required_missing(lim: SandboxLimits, layers: list[str]) -> list[str]:
+    names = {l.split("(")[0].split(":")[0] for l in layers}
+    return [r for r in lim.require if r not in names]
+
+
+def _read_capped(path: Path, cap: int) -> bytes | None:
+    try:
+        if path.stat().st_size > cap:
+            return None
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - n))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+RESULT_FORMAT = "aar-preds-v1"
+RESULT_DTYPES = {"float16": "<f2", "float32": "<f4", "float64": "<f8"}
+
+
+def _load_result(path: Path, n_eval: int) -> tuple[object, list, str | None, dict]:
+    """(preds, losses, problem, timings) from the child's plain-array record, size-capped.
+
+    The record is one JSON header line, then the raw little-endian predictions, then the losses
+    as float64 (K, 2). No pickle and no zip: nothing in it can run code or decompress into a bomb.
+    """
+    import numpy as np
+    import torch
+
+    from aar_ray.w2s.engine import validate_predictions
+
+    blob = _read_capped(path, MAX_RESULT_BYTES)
+    if blob is None:
+        return None, [], f"result file is larger than {MAX_RESULT_BYTES >> 20} MiB", {}
+    if not blob:
+        return None, [], "the method wrote no predictions (did it exit before run() returned?)", {}
+    head, sep, body = blob[:4096].partition(b"\n")
+    try:
+        h = json.loads(head) if sep else None
+        ok = (isinstance(h, dict) and h.get("format") == RESULT_FORMAT and h.get("dtype") in RESULT_DTYPES
+              and isinstance(h.get("shape"), list) and all(type(d) is int and 0 <= d <= 1 << 28 for d in h["shape"])
+              and type(h.get("losses")) is int and 0 <= h["losses"] <= 1 << 24)
+    except ValueError:
+        ok = False
+    if not ok:
+        return None, [], f"the result file is not a {RESULT_FORMAT} record (the harness reads plain arrays only)", {}
+    body = blob[len(head) + 1:]
+    dt = np.dtype(RESULT_DTYPES[h["dtype"]])
+    n = int(np.prod(h["shape"], dtype=np.int64))
+    if len(body) != n * dt.itemsize + h["losses"] * 16:
+        return None, [], "the result record's size does not match its header", {}
+    preds = torch.from_numpy(np.frombuffer(body, dt, count=n).astype(np.float32).reshape(h["shape"]))
+    try:
+        preds = validate_predictions(preds, n_eval)
+    except ValueError as e:
+        return None, [], str(e), {}
+    losses = np.frombuffer(body, "<f8", offset=n * dt.itemsize).reshape(-1, 2)
+    t = h.get("timings")
+    timings = {str(k)[:40]: float(v) for k, v in t.items() if isinstance(v, (int, float))} if isinstance(t, dict) else {}
+    return preds, [(int(s), float(v)) for s, v in losses.tolist()], None, timings
+
+
+def _child_error(path: Path) -> tuple[str, str] | None:
+    blob = _read_capped(path, 1 << 16)
+    if not blob:
+        return None
+    try:
+        d = json.loads(blob)
+        return str(d.get("type", "Error"))[:80], str(d.get("message", ""))[:600]
+    except (ValueError, AttributeError):
+        return "Error", "the method's error record is unreadable"
+
+
+def _attestation(path: Path) -> tuple[list[str], str | None]:
+    """(layers the child applied, setup error) from the record it closed before running agent code."""
+    blob = _read_capped(path, 1 << 16)
+    if not blob:
+        return [], "the sandbox child did not start (no attestation)"
+    try:
+        d = json.loads(blob)
+        return [str(x) for x in d.get("layers", [])][:20], (str(d["error"])[:2000] if d.get("error") else None)
+    except (ValueError, AttributeError, TypeError):
+        return [], "the sandbox child's attestation is unreadable"
+
+
+def _no(status: str, reason: str) -> tuple[str, str, None, list, dict]:
+    return status, reason, None, [], {}
+
+
+def _classify(rep: dict, lim: SandboxLimits, cpu_soft: float, trial: Path, n_eval: int, bwrap: bool,
+              timeout_s: float) -> tuple[str, str, object, list, dict]:
+    """Status and reason from trusted facts first (launcher report), the child's own claims last."""
+    priv = trial / "private"
+    rc, sig = rep.get("rc"), rep.get("signal")
+    if bwrap and rc is not None and rc > 128:  # bwrap exits 128+N when its child dies of signal N
+        sig, rc = rc - 128, None
+    err = _child_error(priv / "error.json")
+    if rep.get("timed_out"):
+        extra = f"; the process limit ({lim.pids}) was hit {rep['pids_max_hits']} times" if rep.get("pids_max_hits") else ""
+        return _no("timeout", f"wall-clock limit of {timeout_s:g}s reached; every process of the trial was killed{extra}")
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and rep.get("cpu_s", 0) >= cpu_soft - 0.5):
+        return _no("cpu_limit", f"CPU limit of {cpu_soft:g} CPU-seconds reached (used {rep.get('cpu_s', 0):.1f}s)")
+    if rep.get("oom_kills"):
+        return _no("memory_limit", f"killed by the out-of-memory killer at the {lim.oom_mb or lim.memory_mb} MiB "
+                                   "memory cap")
+    if err and (err[0] == "MemoryError" or "can't allocate memory" in err[1] or "not enough memory" in err[1]):
+        return _no("memory_limit", f"memory limit of {lim.memory_mb} MiB reached: {err[0]}: {err[1]}")
+    if rep.get("pids_max_hits") and (rc or sig):
+        what = f"{err[0]}: {err[1]}" if err else f"exit {rc}" if rc else f"signal {sig}"
+        return _no("pids_limit", f"process limit of {lim.pids} reached ({rep['pids_max_hits']} refused forks); {what}")
+    if sig:
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        if sig == signal.SIGXFSZ:
+            return _no("failed", f"file size limit of {lim.fsize_mb} MiB exceeded (SIGXFSZ)")
+        if sig == signal.SIGSYS:
+            return _no("crashed", "killed by SIGSYS: it made a system call the sandbox forbids outright "
+                                  "(e.g. through the x32 or i386 syscall ABI)")
+        return _no("crashed", f"the method's process was killed by {name}")
+    if err:
+        if err[0] == "LeftoverProcesses":
+            return _no("leftover_processes", err[1])
+        if err[0] == "InvalidOutput":
+            return _no("invalid_output", err[1])
+        return _no("failed", f"run(ctx) raised {err[0]}: {err[1]}")
+    if rc:
+        return _no("failed", f"the method's process exited with status {rc} without an error record")
+    if rep.get("leftovers_killed"):
+        return _no("leftover_processes", f"{rep['leftovers_killed']} processes outlived run() and were killed")
+    preds, losses, problem, timings = _load_result(priv / "out.bin", n_eval)
+    if problem:
+        return _no("invalid_output", problem)
+    return "ok", "predictions validated", preds, losses, timings
+
+
+def run_method_sandboxed(method_path: str | os.PathLike, student_dir: str | os.PathLike, inputs: Mapping[str, object],
+                         *, probe: object, seed: int, fidelity: str = "full", batch_size: int = 256,
+                         timeout_s: float = 600.0, limits: SandboxLimits | None = None, check_source: bool = True,
+                         device: str = "cpu", dtype: str = "float32", student_key: str = "",
+                         work_dir: str | os.PathLike | None = None, keep: bool = False) -> SandboxResult:
+    """Run `run(ctx)` of one method file in the sandbox; never raises for anything the method does.
+
+    inputs: the five tensors of INPUT_KEYS (no labels); probe: the ProbeConfig (dataclass) or a dict.
+    student_dir: a from_pretrained-loadable directory. Returns a SandboxResult; `.preds` is set
+    only when status == "ok".
+    """
+    import torch
+
+    lim = limits or SandboxLimits()
+    t0 = time.monotonic()
+    source = Path(method_path).read_text()
+    if check_source:
+        findings = precheck.check(source, Path(method_path).name)
+        if findings:
+            return SandboxResult("rejected", "static pre-check: " + "; ".join(findings[:5]), layers=["precheck"],
+                                 wall_s=time.monotonic() - t0)
+    missing_in = [k for k in INPUT_KEYS if not isinstance(inputs.get(k), torch.Tensor)]
+    if missing_in:
+        raise ValueError(f"inputs lack tensors {missing_in}")
+    student = os.path.realpath(student_dir)
+    if not os.path.isdir(student):
+        raise ValueError(f"student_dir {student_dir} is not a directory")
+    if device != "cpu" and not lim.devices:
+        return SandboxResult("sandbox_error", f"device {device!r} needs its device files in SandboxLimits.devices "
+                             "(e.g. /dev/nvidia0, /dev/nvidiactl, /dev/nvidia-uvm)", wall_s=round(time.monotonic() - t0, 3))
+    h = host()
+    if h.uid is not None:
+        try:
+            _share_student(student)
+        except OSError as e:
+            return SandboxResult("sandbox_error", f"student files are not readable by the sandbox uid and cannot be "
+                                 f"made so: {e}", wall_s=round(time.monotonic() - t0, 3))
+    base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
+    trial = Path(tempfile.mkdtemp(prefix="aar-trial-", dir=base))
+    try:
+        os.chmod(trial, 0o711)  # traversable, not listable; private/ below is 0700
+        (trial / "in").mkdir(mode=0o755)
+        (trial / "private").mkdir(mode=0o700)
+        n_eval = int(inputs["eval_ids"].shape[0])
+        torch.save({k: inputs[k].detach().cpu().contiguous() for k in INPUT_KEYS}, trial / "in" / "inputs.pt")
+        (trial / "in" / "method.py").write_text(source)
+        launcher, child, layers, bwrap = _plan(h, lim, trial, student, timeout_s, device)
+        expected = layers + (["cgroup"] if "cgroup" in launcher else []) + ["subreaper"] \
+            + (["landlock"] if child["landlock"] and h.landlock_abi >= 1 else []) + (["seccomp"] if child["seccomp"] else [])
+        missing = _required_missing(lim, expected)
+        if missing:  # refuse before any agent code runs
+            return SandboxResult("sandbox_error", f"required sandbox layers are unavailable here: {missing} "
+                                 f"(bwrap: {h.bwrap_note}; landlock ABI {h.landlock_abi})", layers=expected,
+                                 wall_s=round(time.monotonic() - t0, 3))
+        probe_d = asdict(probe) if hasattr(probe, "__dataclass_fields__") else dict(probe)
+        child.update(probe=probe_d, seed=int(seed), fidelity=fidelity, batch_size=int(batch_size), dtype=dtype,
+                     student_key=student_key, n_eval=n_eval)
+        (trial / "in" / "spec.json").write_text(json.dumps(child))
+        for f in (trial / "in").iterdir():
+            os.chmod(f, 0o644)
+        rep = _launch(launcher, timeout_s)
+        priv = trial / "private"
+        child_layers, setup_error = _attestation(priv / "attest.json")
+        layers = (["precheck"] if check_source else []) + layers + rep.get("layers", []) + child_layers
+        log = _tail(priv / "stderr.log") + _tail(priv / "stdout.log", 1000)
+        if rep.get("error") or (setup_error and not rep.get("timed_out")):
+            return SandboxResult("sandbox_error", rep.get("error") or setup_error, layers=layers,
+                                 wall_s=round(time.monotonic() - t0, 3), log_tail=log)
+        missing = _required_missing(lim, layers)
+        status, reason, preds, losses, timings = _classify(rep, lim, launcher["rlimits"]["cpu"][0], trial,
+                                                           n_eval, bwrap, timeout_s)
+        if missing and status == "ok":  # the child could not apply a required layer: do not trust the result
+            status, reason, preds, losses = "sandbox_error", f"required layers did not apply: {missing}", None, []
+        return SandboxResult(status, reason, preds, losses, layers, round(time.monotonic() - t0, 3),
+                             float(rep.get("cpu_s", 0.0)), log, timings)
+    finally:
+        if not keep:
+            shutil.rmtree(trial, ignore_errors=True)
+
+
+def _launch(spec: dict, timeout_s: float) -> dict:
+    """Start the trusted launcher and return its report (it enforces the deadline; we back it up)."""
+    cmd = [sys.executable, "-I", "-m", "aar_ray.sandbox.launch"]
+    try:
+        p = subprocess.run(cmd, input=json.dumps(spec), capture_output=True, text=True, env={},
+                           timeout=timeout_s + 60, start_new_session=True, close_fds=True)
+    except subprocess.TimeoutExpired:
+        return {"error": "the sandbox launcher itself did not finish; it was killed"}
+    lines = p.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return {"error": f"the sandbox launcher gave no report (exit {p.returncode}): {p.stderr.strip()[-500:]}"}
+
+
+def engine_runner(timeout_s: float = 600.0, limits: SandboxLimits | None = None, check_source: bool = True):
+    """An `aar_ray.w2s.engine.Runner` that runs every method through the sandbox.
+
+    Raises SandboxFailure (carrying the SandboxResult) when the trial is not ok.
+    """
+    def run(method_path: Path, trial_inputs) -> tuple[object, list]:
+        ctx = trial_inputs.ctx
+        res = run_method_sandboxed(method_path, ctx.student.path, {k: getattr(ctx, k) for k in INPUT_KEYS},
+                                   probe=ctx.probe, seed=ctx.seed, fidelity=ctx.fidelity, batch_size=ctx.batch_size,
+                                   timeout_s=timeout_s, limits=limits, check_source=check_source,
+                                   **student_settings(ctx.student))
+        if not res.ok:
+            raise SandboxFailure(res)
+        return res.preds, res.losses
+    return run
+
+
+def student_settings(student) -> dict:
+    """device, dtype and key of a loaded `Base`, for the child to load the same model."""
+    p = next(student.model.parameters())
+    return {"device": p.device.type, "dtype": str(p.dtype).removeprefix("torch."), "student_key": student.key}

@@ -1,0 +1,206 @@
+"""Campaigns end to end on local Ray: MLflow contents, report, budget stop, resume after SIGKILL,
+`ray job submit`, and a Claude preset without a key failing fast."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aar_ray import tracking
+
+from w2s_helpers import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+# a small campaign: tiny world and bases, 2 researchers, 2 seeds
+SMALL = [f"w2s.{o}" for o in TINY if not o.startswith(("seeds", "torch_threads"))] + [
+    "n_researchers=2", "scoring.seeds=[0,1]", "scoring.top_k=1", "scoring.heldout_tasks=[math]",
+    "researcher.trials=3", "budget.trials=4", "budget.deadline_s=240", "budget.grace_s=60",
+    "baselines=[naive,confidence]", "trial.seed_timeout_s=90", "progress=plain", "ray.num_cpus=2",
+]
+
+
+def _env(tmp: Path, **extra) -> dict:
+    env = {**os.environ, "AAR_CACHE_DIR": str(tmp / "cache"), "AAR_RUNS_DIR": str(tmp / "runs"),
+           "AAR_MLFLOW_DIR": str(tmp / "mlflow"), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "",
+           "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("ANTHROPIC_API_KEY", None)
+    return env
+
+
+def _campaign(tmp: Path, *overrides: str, timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aar_ray", "campaign", str(ROOT / "experiments/quick.yaml"),
+                           *SMALL, *overrides], capture_output=True, text=True, env=_env(tmp, **env), timeout=timeout)
+
+
+def _client(tmp: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}")
+
+
+def _runs(client, cid: str) -> dict[str, list]:
+    exp = client.get_experiment_by_name(f"aar-campaign/{cid}")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    out: dict[str, list] = {}
+    for r in runs:
+        out.setdefault(r.data.tags.get(tracking.LEVEL), []).append(r)
+    return out
+
+
+def _parse_leaderboard(md: str) -> dict[str, tuple[float, float]]:
+    """trial id -> (val PGR mean, test PGR mean) from report.md's leaderboard table."""
+    lines = md.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("|") and "test PGR" in l)
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        num = lambda s: float(s.split("±")[0])  # noqa: E731
+        rows[cells["trial"]] = (num(cells["val PGR"]), num(cells["test PGR"]))
+    return rows
+
+
+@pytest.mark.slow
+def test_small_campaign_end_to_end_with_budget_stop(tmp_path):
+    proc = _campaign(tmp_path, "campaign_id=e2e")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("campaign: e2e")
+    assert lines[-1] == f"report: {tmp_path / 'runs' / 'e2e' / 'report.md'}"
+    assert "winding down: the campaign's trial budget is spent (4 of 4)" in proc.stdout
+    runs = _runs(_client(tmp_path), "e2e")
+    camp, researchers, trials = runs["campaign"], runs["researcher"], runs["trial"]
+    assert len(camp) == 1 and len(researchers) == 2
+    for r in researchers:
+        assert r.data.tags[tracking.PARENT] == camp[0].info.run_id
+    researcher_trials = [t for t in trials if "aar.baseline" not in t.data.tags]
+    baselines = [t for t in trials if "aar.baseline" in t.data.tags]
+    assert sorted(t.data.tags["aar.baseline"] for t in baselines) == ["confidence", "naive"]
+    assert len(researcher_trials) == 4  # the campaign budget, exactly
+    rids = {r.info.run_id for r in researchers}
+    assert all(t.data.tags[tracking.PARENT] in rids for t in researcher_trials)
+    keys = [t.data.tags[tracking.CONTENT_KEY] for t in trials]
+    assert len(keys) == len(set(keys))  # no duplicates
+    # the held-out stage ran on the top-1 (by test PGR) and on naive, and the audits left flags
+    top = max(researcher_trials, key=lambda t: t.data.metrics["pgr_mean"])
+    assert "heldout_math_pgr_mean" in top.data.metrics
+    assert "aar.flags" in top.data.tags
+    assert all("heldout_math_pgr_mean" not in t.data.metrics for t in researcher_trials if t is not top)
+    # every trial has its seeds nested under it
+    assert len(runs["seed"]) == 2 * len(trials)
+    # the report's leaderboard matches MLflow
+    report = (tmp_path / "runs" / "e2e" / "report.md").read_text()
+    board = _parse_leaderboard(report)
+    for t in trials:
+        val, test = board[t.data.tags["trial_id"]]
+        assert val == pytest.approx(t.data.metrics["val_pgr_mean"], abs=6e-5)
+        assert test == pytest.approx(t.data.metrics["pgr_mean"], abs=6e-5)
+    for name in ("report.html", "pgr_over_time.png"):
+        assert (tmp_path / "runs" / "e2e" / name).stat().st_size > 1000
+    # transcripts were saved for both researchers
+    for rid in ("r0", "r1"):
+        events = [json.loads(l) for l in (tmp_path / "runs" / "e2e" / "transcripts" / f"{rid}.jsonl").read_text().splitlines()]
+        assert events[-1]["kind"] == "outcome"
+    # `aar report` rebuilds the same leaderboard from MLflow alone
+    out = tmp_path / "rebuilt"
+    rep = subprocess.run([sys.executable, "-m", "aar_ray", "report", "e2e", "--out", str(out)], capture_output=True,
+                         text=True, env=_env(tmp_path), timeout=300)
+    assert rep.returncode == 0 and rep.stdout.strip().splitlines()[-1] == f"report: {out / 'report.md'}"
+    assert _parse_leaderboard((out / "report.md").read_text()) == board
+
+
+def test_claude_preset_without_key_fails_fast(tmp_path):
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "aar_ray", "campaign", str(ROOT / "experiments/standard.yaml"),
+                           "brain=claude"], capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+    assert proc.returncode == 2
+    assert "ANTHROPIC_API_KEY is not set" in proc.stderr
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing half-written
+
+
+@pytest.mark.slow
+def test_sigkill_mid_campaign_then_resume_records_every_trial_once(tmp_path):
+    cmd = [sys.executable, "-m", "aar_ray", "campaign", str(ROOT / "experiments/quick.yaml"), *SMALL,
+           "campaign_id=kill", "budget.trials=4"]
+    ray_tmp = f"/tmp/aar-ray-kill-{os.getpid()}"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(tmp_path, AAR_RAY_TMPDIR=ray_tmp), start_new_session=True)
+    forum = tmp_path / "runs" / "kill" / "forum.db"
+    deadline = time.time() + 400
+    import sqlite3
+    scored = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(2)
+        if forum.exists():
+            try:
+                with sqlite3.connect(forum) as db:
+                    scored = db.execute("SELECT COUNT(*) FROM trials WHERE status='scored' AND researcher != 'driver'"
+                                        ).fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if scored >= 1:
+                break
+    assert scored >= 1, "no researcher trial was scored before the kill"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver...
+    proc.wait()
+    subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True)  # ...and the local Ray it started
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "(resumed)" in resumed.stdout.splitlines()[0]
+    runs = _runs(_client(tmp_path), "kill")
+    trials = runs["trial"]
+    keys = [t.data.tags[tracking.CONTENT_KEY] for t in trials]
+    assert len(keys) == len(set(keys)), "a trial was recorded twice"
+    with sqlite3.connect(forum) as db:
+        forum_scored = {r[0] for r in db.execute("SELECT trial_id FROM trials WHERE status='scored'")}
+    assert {t.data.tags["trial_id"] for t in trials} == forum_scored  # nothing lost
+    assert all(t.info.status == "FINISHED" for t in trials)
+    assert len(runs["campaign"]) == 1 and len(runs["researcher"]) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_on_a_loopback_head(tmp_path):
+    venv_bin = str(Path(sys.executable).parent)
+    env = _env(tmp_path, PATH=f"{venv_bin}:{os.environ['PATH']}")
+    port, dash = _free_port(), _free_port()
+    temp = tmp_path / "ray"
+    start = subprocess.run([f"{venv_bin}/ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                            f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2",
+                            f"--temp-dir={temp}", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stderr
+    try:
+        runtime_env = {"env_vars": {k: env[k] for k in ("AAR_CACHE_DIR", "AAR_RUNS_DIR", "AAR_MLFLOW_DIR",
+                                                        "HF_HUB_OFFLINE")}}
+        sub = subprocess.run(
+            [f"{venv_bin}/ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "aar_ray", "campaign",
+             "experiments/quick.yaml", *SMALL, "campaign_id=job", "budget.trials=2", "n_researchers=1"],
+            capture_output=True, text=True, env=env, timeout=900)
+        assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
+        assert "succeeded" in sub.stdout.lower()
+        assert re.search(r"report: .*runs/job/report\.md", sub.stdout)
+        assert (tmp_path / "runs" / "job" / "report.md").is_file()
+        runs = _runs(_client(tmp_path), "job")
+        assert len(runs["campaign"]) == 1 and len(runs["trial"]) >= 3  # 2 baselines + the researcher's trials
+    finally:
+        # stop only this cluster: every process it started carries its temp dir on the command line
+        subprocess.run(["pkill", "-9", "-f", str(temp)], capture_output=True, timeout=60)
