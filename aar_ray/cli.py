@@ -96,12 +96,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report_main(args.campaign_id, args.out)
 
 
-def cmd_trial(args: argparse.Namespace) -> int:
-    from aar_ray.sandbox_cli import trial_main
-
-    return trial_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aar", description="Automated alignment research campaigns on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -118,10 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("campaign_id")
     r.add_argument("--out", help="output directory (default runs/<campaign-id>/)")
     r.set_defaults(func=cmd_report)
-    t = sub.add_parser("trial", add_help=False,
-                       help="run one method file through the sandbox on the quick task (see `aar trial --help`)")
-    t.add_argument("rest", nargs=argparse.REMAINDER)
-    t.set_defaults(func=cmd_trial)
+    sub.add_parser("trial", help="run one method file through the sandbox on the quick task (see `aar trial --help`)")
     u = sub.add_parser("ui", help="serve the MLflow UI over the default store")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
@@ -130,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "trial":  # its own parser: any arguments, and always a JSON last line with --json
+        from aar_ray.sandbox_cli import trial_main
+
+        return trial_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

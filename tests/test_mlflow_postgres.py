@@ -193,50 +193,43 @@ def mlflow_server(postgres):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _log_run(experiment_name: str) -> dict:
-    """Runs inside a Ray worker process: log one parent run with one child, as a campaign would.
+def _log_run(experiment_name: str, cache_dir: str) -> dict:
+    """Runs inside a Ray worker process: a tiny real W2S run, recorded through the tracking seam.
 
     Credentials and the URI come from the worker's environment (MLFLOW_TRACKING_*), exactly as on a
-    cluster. TODO(lead): switch to aar_ray.tracking once it lands, and log a tiny real W2S run.
+    cluster; `aar_ray.tracking` is the only code that talks to MLflow.
     """
-    import tempfile as _tempfile
+    os.environ["AAR_CACHE_DIR"] = cache_dir
+    from aar_ray import tracking
+    from aar_ray.config import W2SConfig, load_config
+    from aar_ray.w2s import engine
+    from w2s_helpers import TINY
 
-    import mlflow
-
-    exp_id = mlflow.set_experiment(experiment_name).experiment_id
-    with mlflow.start_run(experiment_id=exp_id, run_name="researcher-0") as parent:
-        mlflow.set_tags({"aar.git_sha": "0123abc", "aar.git_dirty": "false", "aar.role": "researcher"})
-        with mlflow.start_run(experiment_id=exp_id, run_name="trial-naive-seed0", nested=True) as run:
-            mlflow.log_params({"task": "toy_parity", "method": "naive", "seed": 0, "lr": 0.001})
-            for step, (loss, acc) in enumerate([(0.69, 0.5), (0.52, 0.66), (0.41, 0.75), (0.33, 0.8)]):
-                mlflow.log_metric("train_loss", loss, step=step)
-                mlflow.log_metric("val_acc", acc, step=step)
-            mlflow.log_metric("pgr", 0.42)
-            mlflow.set_tags({"aar.seed": "0", "aar.method_sha256": "f" * 64})
-            with _tempfile.TemporaryDirectory() as d:
-                path = os.path.join(d, "predictions.json")
-                with open(path, "w") as f:
-                    json.dump({"probs": [0.1, 0.9, 0.7]}, f)
-                mlflow.log_artifact(path, artifact_path="trial")
-    return {"run_id": run.info.run_id, "parent_id": parent.info.run_id,
-            "experiment_id": exp_id, "pid": os.getpid()}
+    cfg = load_config(W2SConfig, None, TINY + ["methods=[naive]", "seeds=[0]", f"name={experiment_name}"])
+    result = engine.train(cfg, progress=False)
+    rec = tracking.record_w2s(cfg, result, tracking.MlflowTracker())["naive"]
+    m = result.methods["naive"]
+    return {"run_id": rec.run_id, "pid": os.getpid(), "pgr": m.seeds[0].pgr["test"], "losses": m.seeds[0].losses,
+            "source": m.source, "n_preds": len(m.predictions[0]), "n_entities": cfg.world.n_entities}
 
 
-def test_ray_worker_logs_to_mlflow_on_postgres_and_reads_back_whole(postgres, mlflow_server):
+def test_ray_worker_logs_to_mlflow_on_postgres_and_reads_back_whole(postgres, mlflow_server, tmp_path):
     import psycopg2
     import ray
     from mlflow.tracking import MlflowClient
 
     url = mlflow_server["url"]
     worker_env = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN_USER,
-                  "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_DISABLE_TELEMETRY": "true"}
+                  "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_DISABLE_TELEMETRY": "true",
+                  "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parent)}
     experiment_name = f"infra-test-{uuid.uuid4().hex[:8]}"
     # Ship _log_run by value: the worker cannot import this test module by name.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": worker_env})
     try:
-        out = ray.get(ray.remote(num_cpus=0.5)(_log_run).remote(experiment_name), timeout=180)
+        out = ray.get(ray.remote(num_cpus=0.5)(_log_run).remote(experiment_name, str(tmp_path / "cache")),
+                      timeout=600)
     finally:
         ray.shutdown()
     assert out["pid"] != os.getpid()  # logged from a separate worker process
@@ -247,31 +240,26 @@ def test_ray_worker_logs_to_mlflow_on_postgres_and_reads_back_whole(postgres, ml
         mp.setenv("MLFLOW_TRACKING_USERNAME", ADMIN_USER)
         mp.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
         run = client.get_run(out["run_id"])
-        parent = client.get_run(out["parent_id"])
-        loss = client.get_metric_history(out["run_id"], "train_loss")
-        acc = client.get_metric_history(out["run_id"], "val_acc")
-        listed = client.list_artifacts(out["run_id"], "trial")
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+        exp = client.get_experiment_by_name(experiment_name)
+        seeds = client.search_runs([exp.experiment_id], filter_string="tags.`aar.level` = 'seed'")
+        loss = client.get_metric_history(seeds[0].info.run_id, "train_loss")
         dl = Path(tempfile.mkdtemp(prefix="aar-dl-"))
         try:
-            local = client.download_artifacts(out["run_id"], "trial/predictions.json", str(dl))
-            downloaded = json.loads(Path(local).read_text())
+            src = Path(client.download_artifacts(out["run_id"], "method/naive.py", str(dl))).read_text()
+            preds = Path(client.download_artifacts(seeds[0].info.run_id, "predictions/seed_0.csv", str(dl))).read_text()
         finally:
             shutil.rmtree(dl, ignore_errors=True)
-        exp = client.get_experiment_by_name(experiment_name)
 
     assert run.info.status == "FINISHED" and parent.info.status == "FINISHED"
-    assert exp.experiment_id == out["experiment_id"] == run.info.experiment_id
-    assert run.data.params == {"task": "toy_parity", "method": "naive", "seed": "0", "lr": "0.001"}
-    assert [(m.step, m.value) for m in sorted(loss, key=lambda m: m.step)] == [
-        (0, 0.69), (1, 0.52), (2, 0.41), (3, 0.33)]
-    assert [(m.step, m.value) for m in sorted(acc, key=lambda m: m.step)] == [
-        (0, 0.5), (1, 0.66), (2, 0.75), (3, 0.8)]
-    assert run.data.metrics == {"train_loss": 0.33, "val_acc": 0.8, "pgr": 0.42}  # latest values
-    assert run.data.tags["aar.seed"] == "0" and run.data.tags["aar.method_sha256"] == "f" * 64
-    assert run.data.tags["mlflow.parentRunId"] == out["parent_id"]
-    assert parent.data.tags["aar.git_sha"] == "0123abc"
-    assert [a.path for a in listed] == ["trial/predictions.json"]
-    assert downloaded == {"probs": [0.1, 0.9, 0.7]}
+    assert run.info.experiment_id == exp.experiment_id
+    assert run.data.params["world.n_entities"] == str(out["n_entities"])
+    assert run.data.metrics["pgr_seed_0"] == pytest.approx(out["pgr"])
+    assert run.data.tags["method"] == "naive" and run.data.tags["git_sha"]
+    assert [(m.step, round(m.value, 5)) for m in sorted(loss, key=lambda m: m.step)] == [
+        (s, round(v, 5)) for s, v in out["losses"]]
+    assert src == out["source"]
+    assert len(preds.strip().splitlines()) == 1 + out["n_preds"]
 
     # The backend store really is PostgreSQL: the rows are there.
     conn = psycopg2.connect(**{k: postgres[k] for k in ("host", "port", "user", "password", "dbname")})
@@ -279,17 +267,17 @@ def test_ray_worker_logs_to_mlflow_on_postgres_and_reads_back_whole(postgres, ml
         with conn.cursor() as cur:
             cur.execute("SELECT key, value FROM params WHERE run_uuid = %s", (out["run_id"],))
             assert dict(cur.fetchall()) == run.data.params
-            cur.execute("SELECT step, value FROM metrics WHERE run_uuid = %s AND key = 'train_loss'"
-                        " ORDER BY step", (out["run_id"],))
-            assert cur.fetchall() == [(0, 0.69), (1, 0.52), (2, 0.41), (3, 0.33)]
+            cur.execute("SELECT COUNT(*) FROM metrics WHERE run_uuid = %s AND key = 'train_loss'",
+                        (seeds[0].info.run_id,))
+            assert cur.fetchone()[0] == len(out["losses"])
     finally:
         conn.close()
 
     # Artifacts were proxied by the server into its --artifacts-destination, not written by the worker
     # to some path of its own.
-    stored = list(mlflow_server["artifacts"].rglob("predictions.json"))
-    assert len(stored) == 1 and json.loads(stored[0].read_text()) == downloaded
-    assert out["experiment_id"] in stored[0].parts and out["run_id"] in stored[0].parts
+    stored = list(mlflow_server["artifacts"].rglob("naive.py"))
+    assert len(stored) == 1 and stored[0].read_text() == src
+    assert out["run_id"] in stored[0].parts
 
 
 @pytest.mark.skipif(not HAVE_AUTH, reason=AUTH_SKIP)

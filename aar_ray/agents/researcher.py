@@ -45,8 +45,8 @@ class ResearcherBudget:
     """LLM dollars (Claude brain)."""
     steps: int = 200
     """Brain steps (one act() each)."""
-    idle_wait_s: float = 0.5
-    """How long a step waits for in-flight trials when the brain asked nothing new."""
+    idle_wait_s: float = 15.0
+    """Longest a step waits for an in-flight trial to finish when the brain asked nothing new."""
 
 
 class ToolExecutor:
@@ -198,10 +198,23 @@ class Researcher:
             self.transcript.add("tool", name=c.name, input=c.input, result=r.content, is_error=r.is_error)
         if self.executor.finished_summary is not None:
             raise Finished(self.executor.finished_summary)
-        if all(c.name in ("get_results", "leaderboard", "read_forum") for c in calls) and self.executor.pending():
-            time.sleep(self.budget.idle_wait_s)  # nothing new to do until a trial comes back
+        if all(c.name in ("get_results", "leaderboard", "read_forum") for c in calls):
+            self._wait_for_news()
         call(self.executor.forum, "save_state", self.rid,
              {"brain": self.brain.state(), "step": self._step, "events": self.transcript.events[-200:]})
+
+    def _wait_for_news(self) -> None:
+        """Nothing new to do until a trial comes back: wait for one (researchers think while jobs run)."""
+        def pending() -> set[str]:
+            return {t["trial_id"] for t in call(self.executor.forum, "trials", self.rid)
+                    if t["status"] in ("queued", "running")}
+
+        waiting = pending()
+        end = time.time() + self.budget.idle_wait_s
+        while waiting and time.time() < end and time.time() < self.deadline:
+            time.sleep(min(0.5, self.budget.idle_wait_s))
+            if pending() != waiting:
+                return
 
     def run(self) -> dict:
         outcome: ResearchOutcome = BrainError("did not start")

@@ -17,7 +17,6 @@ Agent code never enters this process. A trial is:
 from __future__ import annotations
 
 import functools
-import grp
 import json
 import os
 import pwd

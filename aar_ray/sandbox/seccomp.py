@@ -2,7 +2,9 @@
 
 Default allow, with a deny list of what a training job never needs and an escape often does:
 non-unix sockets (and unix ones too when there is no mount namespace to hide the host's named
-sockets; torch DataLoader workers need them, so with bubblewrap they stay), exec, tracing, mounts, new namespaces, kernel modules and keys, bpf, io_uring, perf, userfaultfd.
+sockets; torch DataLoader workers need them, so with bubblewrap they stay), exec, tracing, mounts,
+new namespaces, kernel modules and keys, bpf, io_uring, perf, userfaultfd. Syscalls of another
+ABI (x32, i386) kill the process (libseccomp's bad-arch action): status "crashed", SIGSYS.
 Denied calls fail with EPERM (EACCES for exec, ENOSYS for clone3 so glibc falls back to clone,
 whose flags seccomp can inspect), so a method sees a readable Python exception, not a dead process.
 """

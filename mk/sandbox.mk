@@ -1,0 +1,17 @@
+# The method sandbox (issue 6): probe the layers, run the adversarial suite, time the overhead.
+# Included by the top-level Makefile, which defines BIN and `setup`.
+#   make sandbox-probe     which layers apply on this machine, and why not where they do not
+#   make sandbox-test      the sandbox tests (adversarial suite, honest methods, fallbacks)
+#   make sandbox-bench     start-up overhead vs an unsandboxed trial -> bench/results/sandbox.json
+
+.PHONY: sandbox-probe sandbox-test sandbox-bench
+
+sandbox-probe: setup
+	$(BIN)/python -c 'import json; from aar_ray.sandbox import host; print(json.dumps(host().describe(), indent=2))'
+
+sandbox-test: setup
+	$(BIN)/python -m pytest -q tests/test_sandbox_unit.py tests/test_sandbox_adversarial.py \
+	  tests/test_sandbox_honest.py tests/test_sandbox_fallback.py tests/test_sandbox_cli.py
+
+sandbox-bench: setup
+	$(BIN)/python bench/sandbox.py

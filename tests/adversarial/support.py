@@ -1,0 +1,58 @@
+"""Shared by tests/test_sandbox_*.py: a tiny student, random inputs, planted-method rendering."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+N_TRAIN, N_EVAL, T = 48, 40, 8
+
+
+def make_student(d: Path) -> Path:
+    """A randomly initialised 2-layer Llama (vocab 64, hidden 32) with a word-level tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<bos>", "<eos>", "<unk>"] + [f"w{i}" for i in range(60)]
+    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                  pad_token="<pad>", padding_side="right")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def make_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, T + 1, (N_TRAIN + N_EVAL,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()  # (N, T) right-padded
+    ids = torch.randint(4, 64, (N_TRAIN + N_EVAL, T), generator=g) * mask
+    return {"train_ids": ids[:N_TRAIN], "train_mask": mask[:N_TRAIN], "weak_labels": torch.rand(N_TRAIN, generator=g),
+            "eval_ids": ids[N_TRAIN:], "eval_mask": mask[N_TRAIN:]}
+
+
+def planted() -> list[Path]:
+    return sorted(p for p in HERE.glob("*.py") if p.name != "support.py")
+
+
+def expectation(path: Path) -> tuple[str, str]:
+    """(status, reason regex) from the file's `# expect: status: regex` first line."""
+    m = re.match(r"# expect: (\w+): (.*)", path.read_text().splitlines()[0])
+    assert m, f"{path.name} has no '# expect:' line"
+    return m.group(1), m.group(2)
+
+
+def render(path: Path, out_dir: Path, values: dict[str, object]) -> Path:
+    src = path.read_text()
+    for k, v in values.items():
+        src = src.replace(f"__{k}__", str(v))
+    assert "__" not in re.sub(r"__(init|name|file|reduce|main)__", "", src), f"unfilled placeholder in {path.name}"
+    out = out_dir / path.name
+    out.write_text(src)
+    return out

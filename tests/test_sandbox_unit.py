@@ -1,0 +1,224 @@
+"""Fast sandbox tests: the pre-check, each kernel layer on its own in a bare subprocess, the status
+classification on scripted launcher reports, and which layers this machine offers."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aar_ray.sandbox import STATUSES, SandboxLimits, host
+from aar_ray.sandbox.landlock import abi_version
+from aar_ray.sandbox.precheck import check
+from aar_ray.sandbox.runner import _classify
+from aar_ray.w2s.methods import BUILTINS, resolve
+
+PY = sys.executable
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-I", "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60)
+
+
+# ---- static pre-check ----
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_precheck_passes_builtins(name):
+    assert check(resolve(name).read_text()) == []
+
+
+@pytest.mark.parametrize("src, needle", [
+    ("import socket", "line 1: imports 'socket', which opens network connections"),
+    ("import os\nos.system('id')", "line 2: calls os.system"),
+    ("from os import fork", "imports os.fork"),
+    ("x = open('/proc/1/environ').read()", "names the host path '/proc/1/environ'"),
+    ("eval('1')", "calls eval()"),
+    ("().__class__.__base__.__subclasses__()", "uses __subclasses__"),
+    ("def run(ctx:\n  pass", "syntax error"),
+])
+def test_precheck_names_the_line_and_the_reason(src, needle):
+    findings = check(src)
+    assert any(needle in f for f in findings), findings
+
+
+# ---- Landlock and seccomp, each alone, in a bare interpreter ----
+
+@pytest.mark.skipif(abi_version() < 1, reason="no Landlock in this kernel")
+def test_landlock_allows_only_the_allowlist(tmp_path):
+    (tmp_path / "ok.txt").write_text("fine")
+    out = _run(f"""
+        import os, sys, socket
+        from aar_ray.sandbox import landlock
+        a = landlock.restrict(read=[sys.base_prefix, sys.prefix, {str(Path(__file__).parent.parent)!r}, "/usr/lib",
+                                    {str(tmp_path / 'ok.txt')!r}], write=[])
+        print(open({str(tmp_path / 'ok.txt')!r}).read())
+        for p in ("/etc/hostname", "/proc/1/cmdline", {str(tmp_path)!r} + "/new.txt"):
+            try:
+                open(p, "a" if p.endswith("new.txt") else "r").close(); print("OPEN", p)
+            except PermissionError:
+                print("denied", p)
+        try:
+            os.listdir("/proc"); print("OPEN /proc")
+        except PermissionError:
+            print("denied /proc")
+        if a.net:
+            try:
+                socket.create_connection(("127.0.0.1", 9), timeout=1); print("OPEN tcp")
+            except PermissionError:
+                print("denied tcp")
+            except OSError as e:
+                print("OPEN tcp", e)
+        print(a.describe())
+    """)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    assert lines[0] == "fine"
+    assert "OPEN" not in out.stdout, out.stdout
+    assert out.stdout.count("denied") == (5 if abi_version() >= 4 else 4)
+
+
+def test_seccomp_denies_sockets_exec_ptrace_and_namespaces():
+    out = _run("""
+        import ctypes, os, socket, subprocess
+        from aar_ray.sandbox import seccomp
+        seccomp.apply(allow_unix_sockets=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        socket.socketpair()                                  # unix sockets stay (DataLoader workers)
+        socket.socket(socket.AF_UNIX).close()
+        for fam in (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK):
+            try:
+                socket.socket(fam, socket.SOCK_DGRAM); print("OPEN", fam)
+            except PermissionError:
+                print("denied socket")
+        try:
+            subprocess.run(["/bin/true"]); print("OPEN exec")
+        except PermissionError:
+            print("denied exec")
+        for name, call in (("ptrace", lambda: libc.ptrace(16, os.getppid(), None, None)),
+                           ("unshare", lambda: libc.unshare(0x10000000)),
+                           ("clone-newuser", lambda: libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)),
+                           ("io_uring", lambda: libc.syscall(425, 1, None)),
+                           ("bpf", lambda: libc.syscall(321, 0, None, 0)),
+                           ("mount", lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))):
+            rc = call()
+            print(("denied " if rc == -1 and ctypes.get_errno() == 1 else f"OPEN rc={rc} ") + name)
+        pid = os.fork()                                      # plain fork and threads still work
+        if pid == 0:
+            os._exit(7)
+        print("fork", os.waitpid(pid, 0)[1] >> 8)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "OPEN" not in out.stdout, out.stdout
+    assert out.stdout.count("denied") == 10 and "fork 7" in out.stdout, out.stdout
+
+
+# ---- classification of scripted launcher reports (no processes) ----
+
+def _trial(tmp_path, err: str | None = None) -> Path:
+    (tmp_path / "private").mkdir(exist_ok=True)
+    if err is not None:
+        (tmp_path / "private" / "error.json").write_text(err)
+    return tmp_path
+
+
+@pytest.mark.parametrize("rep, err, bwrap, want", [
+    ({"timed_out": True, "rc": None, "signal": 9}, None, False, "timeout"),
+    ({"rc": 128 + signal.SIGXCPU}, None, True, "cpu_limit"),
+    ({"signal": signal.SIGKILL, "cpu_s": 10.2}, None, False, "cpu_limit"),
+    ({"signal": signal.SIGKILL, "cpu_s": 1.0, "oom_kills": 1}, None, False, "memory_limit"),
+    ({"rc": 1}, '{"type": "MemoryError", "message": ""}', True, "memory_limit"),
+    ({"rc": 1, "pids_max_hits": 40}, '{"type": "BlockingIOError", "message": "[Errno 11]"}', True, "pids_limit"),
+    ({"rc": 128 + signal.SIGSEGV}, None, True, "crashed"),
+    ({"rc": 1}, '{"type": "ValueError", "message": "bad"}', True, "failed"),
+    ({"rc": 1}, '{"type": "LeftoverProcesses", "message": "1 left"}', True, "leftover_processes"),
+    ({"rc": 1}, "not json at all", True, "failed"),
+    ({"rc": 0, "leftovers_killed": 2}, None, False, "leftover_processes"),
+    ({"rc": 0}, None, True, "invalid_output"),  # exited 0 but wrote nothing
+])
+def test_classify_trusts_the_launcher_first(tmp_path, rep, err, bwrap, want):
+    rep = {"rc": None, "signal": None, "cpu_s": 0.0, **rep}
+    status, reason, preds, losses, _ = _classify(rep, SandboxLimits(), 10.0, _trial(tmp_path, err), 5, bwrap, 30)
+    assert status == want and status in STATUSES and reason and preds is None
+
+
+def test_classify_refuses_a_pickle_in_the_result_file(tmp_path):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path}/ran",))
+
+    _trial(tmp_path)
+    (tmp_path / "private" / "out.bin").write_bytes(pickle.dumps({"preds": Boom()}))
+    status, reason, *_ = _classify({"rc": 0}, SandboxLimits(), 10.0, tmp_path, 5, True, 30)
+    assert status == "invalid_output" and "plain arrays only" in reason
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("head, body, want", [
+    ({"dtype": "float32", "shape": [5], "losses": 1}, np.full(5, 0.25, "<f4").tobytes() + np.array([[0, 0.7]], "<f8").tobytes(),
+     "ok"),
+    ({"dtype": "float64", "shape": [5, 1], "losses": 0}, np.full(5, 0.5, "<f8").tobytes(), "ok"),
+    ({"dtype": "float32", "shape": [5], "losses": 0}, np.full(6, 0.5, "<f4").tobytes(), "size does not match"),
+    ({"dtype": "int64", "shape": [5], "losses": 0}, np.zeros(5, "<i8").tobytes(), "plain arrays only"),
+    ({"dtype": "float32", "shape": [4], "losses": 0}, np.full(4, 0.5, "<f4").tobytes(), "shape (5,)"),
+    ({"dtype": "float32", "shape": [5], "losses": 0}, np.array([0.1, 0.2, np.nan, 0.4, 0.5], "<f4").tobytes(),
+     "non-finite"),
+    ({"dtype": "float32", "shape": [5], "losses": 0}, np.full(5, 1.5, "<f4").tobytes(), "in [0, 1]"),
+])
+def test_result_record_is_parsed_strictly(tmp_path, head, body, want):
+    from aar_ray.sandbox.runner import RESULT_FORMAT, _load_result
+
+    f = tmp_path / "out.bin"
+    f.write_bytes(json.dumps({"format": RESULT_FORMAT, **head}).encode() + b"\n" + body)
+    preds, losses, problem, _ = _load_result(f, 5)
+    if want == "ok":
+        assert problem is None and preds.shape == (5,) and preds.dtype == torch.float32
+        assert losses == ([(0, 0.7)] if head["losses"] else [])
+    else:
+        assert preds is None and want in problem, problem
+
+
+# ---- this machine ----
+
+def test_all_layers_available_on_a_root_debian_host():
+    h = host()
+    if os.geteuid() != 0:
+        pytest.skip("privilege drop and cgroups need root")
+    assert h.uid not in (None, 0) and h.user
+    assert h.bwrap, h.bwrap_note  # .ci/apt/sandbox.txt installs bubblewrap
+    assert h.landlock_abi >= 6 and h.seccomp and h.cgroup and h.stage
+
+
+def test_bwrap_probe_reports_why_it_cannot_be_used(monkeypatch, tmp_path):
+    from aar_ray.sandbox import runner
+
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(runner.shutil, "which", lambda name: str(fake) if name == "bwrap" else None)
+    path, note = runner._probe_bwrap(None, None)
+    assert path is None and "uid map: Permission denied" in note
+    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
+    assert runner._probe_bwrap(None, None) == (None, "bwrap not installed (Debian package bubblewrap)")
+
+
+def test_required_layers_are_checked_before_anything_runs(tmp_path):
+    from aar_ray.config import ProbeConfig
+    from aar_ray.sandbox import run_method_sandboxed
+
+    m = tmp_path / "m.py"
+    m.write_text("def run(ctx):\n    raise SystemExit('must not run')\n")
+    (tmp_path / "student").mkdir()
+    inputs = {k: torch.zeros(2, 3, dtype=torch.long) for k in ("train_ids", "train_mask", "eval_ids", "eval_mask")}
+    inputs["weak_labels"] = torch.zeros(2)
+    r = run_method_sandboxed(m, tmp_path / "student", inputs, probe=ProbeConfig(), seed=0, timeout_s=5,
+                             limits=SandboxLimits(use_bwrap=False, use_seccomp=False, require=("bwrap", "seccomp")))
+    assert r.status == "sandbox_error" and "['bwrap', 'seccomp']" in r.reason and r.wall_s < 5
