@@ -44,9 +44,9 @@ class WorldConfig:
     """Tiny programs `f_k(x)` in the code task."""
     code_inputs: int = 40
     """Inputs x per program in the code task."""
-    statements: bool = False
+    statements: bool = True
     """Put general statements about values ('Vessa is coastal') in the pretraining corpora."""
-    weak_fraction: float = 0.3
+    weak_fraction: float = 0.15
     """Share of the world (entities, problems) in the weak base's pretraining corpus."""
     val_fraction: float = 0.15
     """Share of groups (entities, problems) held out as the validation split."""
@@ -87,7 +87,7 @@ class ModelConfig:
     """Sequences per pretraining step (tiny)."""
     dtype: str = "float32"
     """'float32' or 'bfloat16' (bf16 is meant for GPUs)."""
-    tie_embeddings: bool = False
+    tie_embeddings: bool = True
     """Tie input and output embeddings (tiny): what a base knows of a value then shapes how it predicts it."""
 
     def __post_init__(self) -> None:

@@ -95,7 +95,7 @@ def test_offline_brain_is_deterministic_and_explores_its_direction():
     assert a == b
     assert a != c
     first_submit = json.loads(next(x for x in a[0] if x[0] == "submit_method")[1])
-    assert first_submit["composition"] == {"weighting": "reliability", "power": 4, "rounds": 2}
+    assert first_submit["composition"] == {"weighting": "confidence", "power": 1}
     names = [n for step in a for n, _ in step]
     assert "post_finding" in names and "leaderboard" in names
     # state round-trips: a restored brain makes the same next decision

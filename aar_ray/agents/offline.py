@@ -45,7 +45,7 @@ CHOICES: dict[str, list] = {
 # a researcher's first idea in each direction: what a person new to the problem would try first
 OPENERS: dict[str, dict] = {
     "loss design": {"loss": "confidence"},
-    "data selection and filtering": {"weighting": "reliability", "power": 4, "rounds": 2},
+    "data selection and filtering": {"weighting": "confidence", "power": 1},
     "teacher calibration": {"loss": "smoothing", "eps": 0.2},
     "student self-training": {"loss": "bootstrap", "rounds": 2},
     "ensembles": {"ensemble": 3},

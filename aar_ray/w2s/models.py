@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -68,9 +69,16 @@ def world_tokenizer(world: World):
 
 
 def load_tokenizer(cfg: ModelConfig):
-    from transformers import AutoTokenizer
+    import json
 
-    tok = AutoTokenizer.from_pretrained(cfg.name_or_path)
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    conf = Path(cfg.name_or_path) / "tokenizer_config.json"
+    generic = conf.is_file() and json.loads(conf.read_text()).get("tokenizer_class") in (
+        "TokenizersBackend", "PreTrainedTokenizerFast")
+    # A generic tokenizer.json (ours, or any custom one) must load as itself: AutoTokenizer would pick
+    # the model family's tokenizer class from config.json and ignore the file.
+    tok = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(cfg.name_or_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
