@@ -1,14 +1,25 @@
-"""Inside the sandbox: `python -I -m aar_ray.sandbox_child SPEC.json` runs one method file.
+"""Inside the sandbox: `python -I -m aar_ray.sandbox_child SPEC.json` runs one method file on
+each of the harness's seeds, one after the other, in this one confined process.
+
+The method module is imported once; each seed gets torch.manual_seed(seed), a fresh MethodContext
+(its own inputs, losses and feature cache) and a fresh tokenizer. The student model is loaded at
+most once and shared by the seeds as long as it is demonstrably untouched (same modules, tensors,
+flags, version counters and value checksums as when loaded); a method that fine-tunes or patches
+it makes the next seed load a fresh copy. torch's thread count, grad mode and the cwd are reset
+before every seed.
 
 Protocol with the harness (aar_ray.sandbox.runner), through fds the launcher opened:
   fd 5  attestation: JSON {"layers": [...]} (plus "error" if confinement or loading failed),
-        written after Landlock and seccomp are applied and the student is loaded, before any
+        written after Landlock and seccomp are applied and the inputs are loaded, before any
         agent code runs, then closed (the agent cannot reach it afterwards);
-  fd 3  result: a plain-array record, no pickle: one JSON line {"format": "aar-preds-v1",
-        "dtype", "shape", "losses": K, "timings"}, then the predictions' raw little-endian bytes,
-        then the losses as float64 (K, 2) rows of [step, loss];
-  fd 4  error: JSON {"type", "message"} when run(ctx) raises, returns a non-tensor or leaves
-        processes behind;
+  fd 6  progress: a line "seed N" written before each seed runs (so that a timeout, crash or
+        limit can be attributed to a seed; a claim, like everything after agent code starts);
+  fd 3  result, once every seed succeeded: a plain-array record, no pickle: one JSON line
+        {"format": "aar-preds-v2", "seeds": [{"seed", "dtype", "shape", "losses": K}, ...],
+        "timings"}, then for each seed in that order its predictions' raw little-endian bytes
+        followed by its losses as float64 (K, 2) rows of [step, loss];
+  fd 4  error: JSON {"type", "message", "seed"} when run(ctx) raises, returns invalid
+        predictions or leaves processes behind; the first failing seed stops the run;
   exit  0 after a result, 1 after an error, 2 when the sandbox itself could not be set up.
 Everything after the method is imported is untrusted: the harness re-validates the result and
 treats the error record only as a claim that fails the trial.
@@ -22,6 +33,7 @@ import time
 import traceback
 
 PR_SET_CHILD_SUBREAPER = 36
+INPUT_KEYS = ("train_ids", "train_mask", "weak_labels", "eval_ids", "eval_mask")
 
 
 def _write_json(fd: int, obj: dict) -> None:
@@ -71,42 +83,105 @@ def _leftover_children() -> int:
     return len(alive)
 
 
-def _lazy_base(spec: dict):
-    """A `Base` whose model and tokenizer load on first use.
+class _Student:
+    """The loaded student model, shared by the seeds while it stays as loaded.
+
+    `take()` loads it on first use (importing transformers, inside the already confined process)
+    and records a fingerprint; `check()` after a seed drops it when the method changed it, so the
+    next seed loads a fresh copy, exactly as a run of its own would.
+    """
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.model = None
+        self.fingerprint = None
+
+    def take(self):
+        if self.model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+            try:
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    self.spec["student"], dtype=getattr(torch, self.spec.get("dtype", "float32"))
+                ).to(self.spec["device"]).eval()
+            except Exception as e:  # noqa: BLE001
+                raise StudentLoadError(f"could not load the student from {self.spec['student']}: {e}") from None
+            self.fingerprint = _fingerprint(self.model)
+        return self.model
+
+    def check(self) -> bool:
+        """After a seed: keep the model if untouched; returns whether it was dropped."""
+        if self.model is None:
+            return False
+        try:
+            same = _fingerprint(self.model) == self.fingerprint
+        except Exception:  # noqa: BLE001 - a model too mangled to fingerprint is not reused
+            same = False
+        if not same:
+            import gc
+
+            import torch
+            self.model = self.fingerprint = None
+            gc.collect()
+            if self.spec["device"].startswith("cuda") and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return not same
+
+
+def _fingerprint(model) -> tuple:
+    """What a method could change in the student: the module tree, each module's attributes, hooks
+    and mode, every parameter and buffer (identity, storage, shape, dtype, device, requires_grad,
+    version counter) and their values (float64 sum and sum of squares, in chunks, which also
+    catches writes through `.data` that bypass the version counter), and the config."""
+    import itertools
+
+    import torch
+
+    tree = []
+    for name, m in model.named_modules(remove_duplicate=False):
+        tree.append((name, id(m), type(m), m.training, tuple(sorted(m.__dict__)),
+                     *(len(getattr(m, h, ())) for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                                                        "_backward_pre_hooks", "_state_dict_hooks",
+                                                        "_load_state_dict_pre_hooks"))))
+    tensors = list(itertools.chain(model.named_parameters(remove_duplicate=False),
+                                   model.named_buffers(remove_duplicate=False)))
+    meta = [(n, id(t), t.data_ptr(), tuple(t.shape), t.dtype, str(t.device), t.requires_grad, t._version)
+            for n, t in tensors]
+    sums = []
+    with torch.no_grad():
+        for _, t in tensors:
+            flat = t.detach().reshape(-1)
+            for i in range(0, max(flat.numel(), 1), 1 << 22):
+                c = flat[i:i + (1 << 22)].to(torch.float64)
+                sums.append(torch.stack([c.sum(), (c * c).sum()]))
+    values = torch.cat(sums).cpu().tolist() if sums else []
+    return tuple(tree), tuple(meta), tuple(values), model.config.to_json_string()
+
+
+def _lazy_base(spec: dict, student: _Student):
+    """A `Base` whose model (shared through `student`) and tokenizer (its own) load on first use.
 
     Loading the student means importing transformers (seconds); a method that fails before it
     touches the model fails in the time torch takes to import. The load runs inside the already
     confined process, exactly as it would eagerly.
     """
-    import torch
-
     from aar_ray.w2s.models import Base
 
     class LazyBase(Base):
         def __init__(self):  # Base's own __init__ would assign the fields these properties replace
             self.key, self.path = spec.get("student_key", ""), spec["student"]
-            self._model = self._tok = None
+            self._tok = None
 
         @property
         def model(self):
-            if self._model is None:
-                from transformers import AutoModelForCausalLM
-                try:
-                    self._model = AutoModelForCausalLM.from_pretrained(
-                        self.path, dtype=getattr(torch, spec.get("dtype", "float32"))).to(spec["device"]).eval()
-                except Exception as e:  # noqa: BLE001
-                    raise StudentLoadError(f"could not load the student from {self.path}: {e}") from None
-            return self._model
+            return student.take()
 
         @property
         def tokenizer(self):
             if self._tok is None:
-                from transformers import AutoTokenizer
-                tok = AutoTokenizer.from_pretrained(self.path)
-                if tok.pad_token is None:
-                    tok.pad_token = tok.eos_token
-                tok.padding_side = "right"
-                self._tok = tok
+                from aar_ray.config import ModelConfig
+                from aar_ray.w2s.models import load_tokenizer
+                self._tok = load_tokenizer(ModelConfig(kind="hf", name_or_path=self.path))
             return self._tok
 
     return LazyBase()
@@ -116,24 +191,34 @@ class StudentLoadError(RuntimeError):
     pass
 
 
-def _load_context(spec: dict):
+def _load_inputs(spec: dict) -> dict[int, dict]:
+    """seed -> the five input tensors, from the one file the harness wrote ("<seed>.<key>" entries)."""
     import torch
 
+    torch.set_num_threads(spec["threads"])
+    flat = torch.load(spec["inputs"], weights_only=True)
+    return {int(seed): {k: flat[f"{int(seed)}.{k}"] for k in INPUT_KEYS} for seed, _ in spec["seeds"]}
+
+
+def _context(spec: dict, seed: int, inputs: dict, student: _Student):
     from aar_ray.config import ProbeConfig
     from aar_ray.w2s.api import MethodContext
 
-    torch.set_num_threads(spec["threads"])
-    inputs = torch.load(spec["inputs"], weights_only=True)
-    return MethodContext(student=_lazy_base(spec), train_ids=inputs["train_ids"], train_mask=inputs["train_mask"],
-                         weak_labels=inputs["weak_labels"], eval_ids=inputs["eval_ids"], eval_mask=inputs["eval_mask"],
-                         probe=ProbeConfig(**spec["probe"]), seed=spec["seed"], fidelity=spec["fidelity"],
-                         batch_size=spec["batch_size"])
+    return MethodContext(student=_lazy_base(spec, student), **inputs, probe=ProbeConfig(**spec["probe"]), seed=seed,
+                         fidelity=spec["fidelity"], batch_size=spec["batch_size"])
 
 
-def _error(spec: dict, kind: str, message: str) -> None:
+def _error(spec: dict, kind: str, message: str, seed: int | None = None) -> None:
     try:
-        _write_json(spec["err_fd"], {"type": kind, "message": message[:2000]})
+        _write_json(spec["err_fd"], {"type": kind, "message": message[:2000], "seed": seed})
     except OSError:
+        pass
+
+
+def _progress(spec: dict, line: str) -> None:
+    try:
+        os.write(spec["progress_fd"], f"{line}\n".encode())
+    except (OSError, KeyError):
         pass
 
 
@@ -146,9 +231,9 @@ def main(argv: list[str]) -> int:
     try:
         layers = _confine(spec)
         timings = {"confine_s": time.monotonic() - t0}
-        ctx = _load_context(spec)
+        inputs = _load_inputs(spec)
         timings["load_s"] = time.monotonic() - t0 - timings["confine_s"]
-    except Exception as e:  # noqa: BLE001 - a layer that cannot apply, or a broken student, stops the trial
+    except Exception as e:  # noqa: BLE001 - a layer that cannot apply, or unreadable inputs, stop the trial
         _write_json(spec["attest_fd"], {"layers": layers, "error": f"{type(e).__name__}: {e}"[:2000]})
         return 2
     _write_json(spec["attest_fd"], {"layers": layers})
@@ -159,46 +244,74 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import torch
 
+    from aar_ray.w2s.engine import validate_predictions
+
     main_pid = os.getpid()
-    try:
-        mspec = importlib.util.spec_from_file_location("aar_method", spec["method"])
-        module = importlib.util.module_from_spec(mspec)
-        mspec.loader.exec_module(module)
-        if not callable(getattr(module, "run", None)):
-            raise AttributeError("the method file defines no run(ctx) function")
-        torch.manual_seed(spec["seed"])
-        t1 = time.monotonic()
-        preds = module.run(ctx)
-        timings["run_s"] = time.monotonic() - t1
-    except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the trial too
+
+    def raised(e: BaseException, seed: int | None) -> int:
         if os.getpid() != main_pid:  # a forked copy unwinding: it has nothing to report
             os._exit(1)
         tb = traceback.extract_tb(e.__traceback__)
         where = next((f"line {fr.lineno} of the method" for fr in reversed(tb) if fr.filename == spec["method"]), "")
         msg = str(e) if str(e) else repr(e)
-        _error(spec, type(e).__name__, f"{msg}{f' ({where})' if where else ''}")
+        _error(spec, type(e).__name__, f"{msg}{f' ({where})' if where else ''}", seed)
         return 1
-    if os.getpid() != main_pid:  # a forked copy returning from run(): only the main process reports
-        os._exit(0)
-    if not isinstance(preds, torch.Tensor):
-        _error(spec, "InvalidOutput", f"run(ctx) must return a torch.Tensor, got {type(preds).__name__}")
-        return 1
-    left = _leftover_children()
-    if left:
-        _error(spec, "LeftoverProcesses", f"run(ctx) returned with {left} process(es) still running "
-                                          "(a daemon or an unjoined worker); they were killed")
-        return 1
-    if not preds.is_floating_point():
-        _error(spec, "InvalidOutput", f"run(ctx) must return floating-point probabilities, got {preds.dtype}")
-        return 1
-    wide = preds.dtype == torch.float64
-    preds = preds.detach().cpu().to(torch.float64 if wide else torch.float32).contiguous().numpy()
-    preds = preds.astype("<f8" if wide else "<f4", copy=False)  # (N_eval,) little-endian, as the header says
-    losses = np.asarray([[float(s), float(v)] for s, v in ctx.losses], dtype="<f8").reshape(-1, 2)
-    head = {"format": "aar-preds-v1", "dtype": str(preds.dtype), "shape": list(preds.shape), "losses": len(losses),
-            "timings": timings}
+
+    try:  # the method file is imported once, before the first seed
+        t1 = time.monotonic()
+        mspec = importlib.util.spec_from_file_location("aar_method", spec["method"])
+        module = importlib.util.module_from_spec(mspec)
+        mspec.loader.exec_module(module)
+        if not callable(getattr(module, "run", None)):
+            raise AttributeError("the method file defines no run(ctx) function")
+        timings["import_s"] = time.monotonic() - t1
+    except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the trial too
+        return raised(e, None)
+    student = _Student(spec)
+    records: list[tuple[dict, bytes]] = []
+    timings["run_s"] = 0.0
+    reloads = 0
+    for seed, n_eval in ((int(s), int(n)) for s, n in spec["seeds"]):
+        try:
+            _progress(spec, f"seed {seed}")
+            os.chdir(spec["scratch"])
+            torch.set_num_threads(spec["threads"])
+            torch.set_grad_enabled(True)
+            ctx = _context(spec, seed, inputs.pop(seed), student)
+            torch.manual_seed(seed)
+            t1 = time.monotonic()
+            preds = module.run(ctx)
+            timings[f"run_s.seed{seed}"] = time.monotonic() - t1
+            timings["run_s"] += timings[f"run_s.seed{seed}"]
+        except BaseException as e:  # noqa: BLE001
+            return raised(e, seed)
+        if os.getpid() != main_pid:  # a forked copy returning from run(): only the main process reports
+            os._exit(0)
+        if not isinstance(preds, torch.Tensor):
+            _error(spec, "InvalidOutput", f"run(ctx) must return a torch.Tensor, got {type(preds).__name__}", seed)
+            return 1
+        left = _leftover_children()
+        if left:
+            _error(spec, "LeftoverProcesses", f"run(ctx) returned with {left} process(es) still running "
+                                              "(a daemon or an unjoined worker); they were killed", seed)
+            return 1
+        try:  # a courtesy that stops a bad run early; the harness validates the record itself
+            validate_predictions(preds, n_eval)
+        except ValueError as e:
+            _error(spec, "InvalidOutput", str(e), seed)
+            return 1
+        wide = preds.dtype == torch.float64
+        p = preds.detach().cpu().to(torch.float64 if wide else torch.float32).contiguous().numpy()
+        p = p.astype("<f8" if wide else "<f4", copy=False)  # little-endian, as the header says
+        losses = np.asarray([[float(s), float(v)] for s, v in ctx.losses], dtype="<f8").reshape(-1, 2)
+        records.append(({"seed": seed, "dtype": str(p.dtype), "shape": list(p.shape), "losses": len(losses)},
+                        p.tobytes() + losses.tobytes()))
+        del ctx, preds
+        reloads += student.check()
+    timings["student_reloads"] = reloads
+    head = {"format": "aar-preds-v2", "seeds": [h for h, _ in records], "timings": timings}
     with os.fdopen(spec["out_fd"], "wb") as f:
-        f.write(json.dumps(head).encode() + b"\n" + preds.tobytes() + losses.tobytes())
+        f.write(json.dumps(head).encode() + b"\n" + b"".join(body for _, body in records))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""A trial job: one method over the harness's seeds, each seed in the sandbox.
+"""A trial job: one method over the harness's seeds, all seeds in one sandboxed child.
 
 It runs on a pool worker (a Ray task or GPU worker actor). It receives the scorer's payloads
 (inputs and weak labels, no labels) and the method source, and returns per-seed predictions or a
@@ -20,10 +20,10 @@ class TrialSettings:
     """GPUs per trial job (fractional allowed); 0 on CPU presets."""
     num_cpus: float = 1.0
     """CPUs reserved per trial job."""
-    timeout_s: float = 300.0
+    timeout_s: float = 1800.0
     """Wall-clock limit of a whole trial job (the pool kills it after)."""
-    seed_timeout_s: float = 120.0
-    """Wall-clock limit of one seed's sandboxed run."""
+    seed_timeout_s: float = 300.0
+    """Wall-clock budget per seed: one sandboxed child runs all seeds under seed_timeout_s x seeds."""
     max_retries: int = 1
     """Re-runs when the worker or node dies."""
     memory_mb: int = 8192
@@ -33,23 +33,38 @@ class TrialSettings:
 
 
 def run_trial(source: str, payloads: list[dict], settings: TrialSettings) -> dict:
-    """{'status': 'ok', 'preds': {seed: [...]}, 'losses': {seed: [...]}, 'layers': [...]} or a failure."""
-    from aar_ray.sandbox import SandboxLimits, run_method_sandboxed
+    """{'status': 'ok', 'reason': '', 'preds': {seed: [...]}, 'losses': {seed: [...]}, 'layers': [...]}
+    or {'status': <failure>, 'reason': 'seed N: ...', 'layers': [...]}.
 
+    One sandboxed child runs the method on every payload's seed (torch, transformers and the
+    student load once), under a wall clock of seed_timeout_s per seed for the whole run. The
+    payloads share the student and the method settings; each brings its own seed and inputs.
+    """
+    from aar_ray.sandbox import SandboxLimits, run_method_sandboxed_seeds
+
+    if not payloads:
+        raise ValueError("run_trial needs at least one payload")
+    first = payloads[0]
+    shared = ("student_dir", "student_key", "fidelity", "batch_size", "probe", "device", "dtype")
+    for p in payloads[1:]:
+        differ = [k for k in shared if p.get(k) != first.get(k)]
+        if differ:
+            raise ValueError(f"payloads of one trial must share {differ} (seed {p['seed']} differs from seed "
+                             f"{first['seed']})")
+    seeds = [p["seed"] for p in payloads]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"payloads repeat a seed: {seeds}")
+    student = {k: first[k] for k in ("device", "dtype", "student_key") if k in first}
     limits = SandboxLimits(memory_mb=settings.memory_mb, threads=settings.threads)
-    preds, losses, layers = {}, {}, []
     with tempfile.TemporaryDirectory(prefix="aar-method-") as d:
         path = Path(d) / "method.py"
         path.write_text(source)
         os.chmod(path, 0o644)
-        for p in payloads:
-            res = run_method_sandboxed(path, p["student_dir"], p["inputs"], probe=p["probe"], seed=p["seed"],
-                                       fidelity=p["fidelity"], batch_size=p["batch_size"],
-                                       timeout_s=settings.seed_timeout_s, limits=limits,
-                                       student_key=p.get("student_key", ""))
-            layers = res.layers
-            if not res.ok:
-                return {"status": res.status, "reason": f"seed {p['seed']}: {res.reason}", "layers": layers}
-            preds[p["seed"]] = res.preds.tolist()
-            losses[p["seed"]] = [list(x) for x in res.losses]
-    return {"status": "ok", "reason": "", "preds": preds, "losses": losses, "layers": layers}
+        res = run_method_sandboxed_seeds(path, first["student_dir"], {p["seed"]: p["inputs"] for p in payloads},
+                                         probe=first["probe"], fidelity=first["fidelity"],
+                                         batch_size=first["batch_size"],
+                                         timeout_s=settings.seed_timeout_s * len(payloads), limits=limits, **student)
+    if not res.ok:
+        return {"status": res.status, "reason": res.reason, "layers": res.layers}
+    return {"status": "ok", "reason": "", "preds": {s: res.preds[s].tolist() for s in seeds},
+            "losses": {s: [list(x) for x in res.losses[s]] for s in seeds}, "layers": res.layers}

@@ -144,8 +144,9 @@ def _trial(tmp_path, err: str | None = None) -> Path:
 ])
 def test_classify_trusts_the_launcher_first(tmp_path, rep, err, bwrap, want):
     rep = {"rc": None, "signal": None, "cpu_s": 0.0, **rep}
-    status, reason, preds, losses, _ = _classify(rep, SandboxLimits(), 10.0, _trial(tmp_path, err), 5, bwrap, 30)
-    assert status == want and status in STATUSES and reason and preds is None
+    status, reason, preds, losses, _, seed = _classify(rep, SandboxLimits(), 10.0, _trial(tmp_path, err), {0: 5},
+                                                       bwrap, 30)
+    assert status == want and status in STATUSES and reason and preds is None and seed == 0
 
 
 def test_classify_refuses_a_pickle_in_the_result_file(tmp_path):
@@ -157,7 +158,7 @@ def test_classify_refuses_a_pickle_in_the_result_file(tmp_path):
 
     _trial(tmp_path)
     (tmp_path / "private" / "out.bin").write_bytes(pickle.dumps({"preds": Boom()}))
-    status, reason, *_ = _classify({"rc": 0}, SandboxLimits(), 10.0, tmp_path, 5, True, 30)
+    status, reason, *_ = _classify({"rc": 0}, SandboxLimits(), 10.0, tmp_path, {0: 5}, True, 30)
     assert status == "invalid_output" and "plain arrays only" in reason
     assert not (tmp_path / "ran").exists()
 
@@ -177,13 +178,41 @@ def test_result_record_is_parsed_strictly(tmp_path, head, body, want):
     from aar_ray.sandbox.runner import RESULT_FORMAT, _load_result
 
     f = tmp_path / "out.bin"
-    f.write_bytes(json.dumps({"format": RESULT_FORMAT, **head}).encode() + b"\n" + body)
-    preds, losses, problem, _ = _load_result(f, 5)
+    f.write_bytes(json.dumps({"format": RESULT_FORMAT, "seeds": [{"seed": 7, **head}]}).encode() + b"\n" + body)
+    preds, losses, problem, _, seed = _load_result(f, {7: 5})
     if want == "ok":
-        assert problem is None and preds.shape == (5,) and preds.dtype == torch.float32
-        assert losses == ([(0, 0.7)] if head["losses"] else [])
+        assert problem is None and preds[7].shape == (5,) and preds[7].dtype == torch.float32 and seed is None
+        assert losses == {7: [(0, 0.7)] if head["losses"] else []}
     else:
-        assert preds is None and want in problem, problem
+        assert preds == {} and want in problem, problem
+
+
+def _two_seeds(first: np.ndarray, second: np.ndarray, order=(0, 1)) -> bytes:
+    seeds = [{"seed": s, "dtype": "float32", "shape": list(a.shape), "losses": 1} for s, a in zip(order, (first, second))]
+    loss = np.array([[0, 0.5]], "<f8").tobytes()
+    return json.dumps({"format": "aar-preds-v2", "seeds": seeds}).encode() + b"\n" + first.astype("<f4").tobytes() \
+        + loss + second.astype("<f4").tobytes() + loss
+
+
+def test_multi_seed_record_names_the_invalid_seed(tmp_path):
+    from aar_ray.sandbox.runner import _classify, _load_result
+
+    f = tmp_path / "out.bin"
+    f.write_bytes(_two_seeds(np.full(5, 0.25), np.full(4, 0.5)))
+    preds, _, problem, _, seed = _load_result(f, {0: 5, 1: 5})
+    assert seed == 1 and "shape (5,)" in problem and preds == {}
+    f.write_bytes(_two_seeds(np.full(5, 0.25), np.full(5, 0.5)))
+    preds, losses, problem, _, seed = _load_result(f, {0: 5, 1: 5})
+    assert problem is None and set(preds) == {0, 1} and losses[1] == [(0, 0.5)]
+    assert "not a aar-preds-v2 record of seeds [1, 0]" in _load_result(f, {1: 5, 0: 5})[2]  # order matters
+    assert "of seeds [0, 1, 2]" in _load_result(f, {0: 5, 1: 5, 2: 5})[2]  # a missing seed too
+    _trial(tmp_path, '{"type": "ValueError", "message": "boom", "seed": 2}')
+    (tmp_path / "private" / "progress.log").write_text("seed 0\nseed 1\n")
+    assert _classify({"rc": 1}, SandboxLimits(), 10.0, tmp_path, {0: 5, 1: 5, 2: 5}, True, 30)[5] == 2
+    (tmp_path / "private" / "error.json").unlink()
+    rep = {"timed_out": True, "rc": None, "signal": 9}
+    status, reason, *_, seed = _classify(rep, SandboxLimits(), 10.0, tmp_path, {0: 5, 1: 5, 2: 5}, True, 30)
+    assert status == "timeout" and seed == 1 and "for all 3 seeds together" in reason
 
 
 # ---- this machine ----

@@ -4,6 +4,10 @@ processes, and a harness it cannot tamper with.
     run_method_sandboxed(method_path, student_dir, inputs, probe=..., seed=..., timeout_s=..., limits=...)
         -> SandboxResult(status, reason, preds, losses, layers, ...)     (runner.py; never raises for
                                                                           anything the method does)
+    run_method_sandboxed_seeds(method_path, student_dir, {seed: inputs, ...}, probe=..., timeout_s=...)
+        -> SandboxResult with preds {seed: tensor}, losses {seed: [...]}: ONE child runs every seed
+           (torch, transformers and the student load once); timeout_s covers the whole run; ok only
+           if every seed is; a failure's reason starts with its seed ("seed 1: ...")
     engine_runner(timeout_s, limits)   an aar_ray.w2s.engine.Runner; raises SandboxFailure(result)
     host()                             which layers this machine offers, probed once per process
 
@@ -39,14 +43,14 @@ Layers, each recorded in SandboxResult.layers when it applied:
              run() that leaves any behind fails with status leftover_processes.
   precheck   a static AST check that refuses obvious escapes with a line-numbered reason (a
              courtesy; the layers above are the defence).
-Results come back as a plain-array record (no pickle, no zip) through an fd the launcher opened
-as root; the harness trusts only the launcher's report, its own clock and the child's attestation
-written before any agent code ran.
+Results come back as a plain-array record (no pickle, no zip; one header listing every seed, then
+each seed's arrays) through an fd the launcher opened as root; the harness trusts only the
+launcher's report, its own clock and the child's attestation written before any agent code ran.
 
 This package imports no torch at module level: the launcher imports it and must start fast.
 """
 from aar_ray.sandbox.runner import (STATUSES, SandboxError, SandboxFailure, SandboxLimits, SandboxResult,
-                                    engine_runner, host, run_method_sandboxed)
+                                    engine_runner, host, run_method_sandboxed, run_method_sandboxed_seeds)
 
 __all__ = ["STATUSES", "SandboxError", "SandboxFailure", "SandboxLimits", "SandboxResult", "engine_runner", "host",
-           "run_method_sandboxed"]
+           "run_method_sandboxed", "run_method_sandboxed_seeds"]

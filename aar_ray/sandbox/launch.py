@@ -6,7 +6,7 @@ multi-threaded Ray worker) and so that it can be a subreaper without changing th
   1. make itself a child subreaper; as root, create per-trial cgroups (memory, pids, cpu);
   2. fork; in the child: new session, join the cgroups, (as root) stage the read-only trees in a
      private mount namespace so that the unprivileged uid can bind them even from a 0700 home,
-     point fds 0-5 at files it opened itself, set rlimits, drop to the sandbox uid, close every
+     point fds 0-6 at files it opened itself, set rlimits, drop to the sandbox uid, close every
      other fd and exec the command with an empty environment;
   3. wait with a wall-clock deadline, then SIGKILL every leftover descendant (cgroup members and
      orphans reparented to it) and report exit status, CPU time, limit hits and leftovers.

@@ -3,6 +3,9 @@
     result = run_method_sandboxed(method_path, student_dir, inputs, probe=cfg.probe, seed=0)
     result.status, result.reason, result.preds, result.losses, result.layers
 
+    result = run_method_sandboxed_seeds(method_path, student_dir, {0: inputs0, 1: inputs1}, probe=cfg.probe)
+    result.preds[1], result.losses[1]      # one child runs every seed; a failure's reason names its seed
+
 Agent code never enters this process. A trial is:
   1. static pre-check of the source (a courtesy; the layers are the defence);
   2. a trial directory: in/ (inputs, method copy, child spec; what the sandbox may read) and
@@ -13,11 +16,16 @@ Agent code never enters this process. A trial is:
   4. the harness trusts only the launcher's report, its own clock and the attestation the child
      wrote before running any agent code; predictions come back as a size-capped plain-array record
      (no pickle, no zip) and are validated like in-process ones.
+A multi-seed trial is the same, with one child running the method on each seed in turn (torch,
+transformers and the student are loaded once): the inputs of all seeds go in one file, the
+predictions of all seeds come back in one record, and every limit (the wall clock included)
+covers the whole run.
 """
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import pwd
 import shutil
@@ -37,6 +45,8 @@ SANDBOX_USER = "aar-sandbox"
 STAGE_DIR = "/run/aar-sandbox"  # empty mountpoint; the launcher mounts a tmpfs over it in a private mount ns
 INPUT_KEYS = ("train_ids", "train_mask", "weak_labels", "eval_ids", "eval_mask")
 MAX_RESULT_BYTES = 64 << 20
+MAX_HEADER_BYTES = 1 << 16
+MAX_SEEDS = 256
 STATUSES = ("ok", "rejected", "failed", "invalid_output", "timeout", "cpu_limit", "memory_limit", "pids_limit",
             "crashed", "leftover_processes", "sandbox_error")
 # ok                  predictions passed validation
@@ -93,8 +103,8 @@ class SandboxLimits:
 class SandboxResult:
     status: str
     reason: str
-    preds: object = None  # torch.Tensor (N_eval,) float32 when status == "ok"
-    losses: list[tuple[int, float]] = field(default_factory=list)
+    preds: object = None  # when status == "ok": torch.Tensor (N_eval,) float32; multi-seed: {seed: tensor}
+    losses: list[tuple[int, float]] | dict[int, list[tuple[int, float]]] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     cpu_s: float = 0.0
@@ -109,7 +119,8 @@ class SandboxResult:
         """JSON-safe: no predictions."""
         d = asdict(self)
         d.pop("preds")
-        d["losses"] = len(self.losses)
+        d["losses"] = ({s: len(v) for s, v in self.losses.items()} if isinstance(self.losses, dict)
+                       else len(self.losses))
         return d
 
 
@@ -259,7 +270,8 @@ def _plan(h: Host, lim: SandboxLimits, trial: Path, student: str, timeout_s: flo
     layers: list[str] = []
     threads = max(1, lim.threads)
     launcher = {"fds": {"1": str(priv / "stdout.log"), "2": str(priv / "stderr.log"), "3": str(priv / "out.bin"),
-                        "4": str(priv / "error.json"), "5": str(priv / "attest.json")},
+                        "4": str(priv / "error.json"), "5": str(priv / "attest.json"),
+                        "6": str(priv / "progress.log")},
                 "timeout_s": timeout_s, "uid": h.uid, "gid": h.gid, "cwd": "/"}
     cpu = int(lim.cpu_s if lim.cpu_s is not None else timeout_s * threads) + 1
     mem = lim.memory_mb << 20
@@ -323,7 +335,7 @@ def _plan(h: Host, lim: SandboxLimits, trial: Path, student: str, timeout_s: flo
              "landlock": {"read": ro + ["/proc/self", "/proc/cpuinfo", "/dev/urandom", "/dev/random", "/dev/zero"],
                           "write": rw + ["/dev/null"], "devices": list(lim.devices)} if lim.use_landlock else None,
              "seccomp": lim.use_seccomp and h.seccomp, "unix_sockets": use_bwrap,  # host sockets hidden by bwrap
-             "out_fd": 3, "err_fd": 4, "attest_fd": 5}
+             "out_fd": 3, "err_fd": 4, "attest_fd": 5, "progress_fd": 6}
     return launcher, child, layers, use_bwrap
 
 
@@ -365,61 +377,97 @@ def _tail(path: Path, n: int = 3000) -> str:
         return ""
 
 
-RESULT_FORMAT = "aar-preds-v1"
+RESULT_FORMAT = "aar-preds-v2"
 RESULT_DTYPES = {"float16": "<f2", "float32": "<f4", "float64": "<f8"}
 
 
-def _load_result(path: Path, n_eval: int) -> tuple[object, list, str | None, dict]:
-    """(preds, losses, problem, timings) from the child's plain-array record, size-capped.
+def _record_header(blob: bytes, seeds: list[int]) -> dict | None:
+    """The record's JSON header if it is well formed and lists exactly `seeds`, in order."""
+    head, sep, _ = blob[:MAX_HEADER_BYTES].partition(b"\n")
+    try:
+        h = json.loads(head) if sep else None
+    except ValueError:
+        return None
+    if not (isinstance(h, dict) and h.get("format") == RESULT_FORMAT and isinstance(h.get("seeds"), list)
+            and [e.get("seed") if isinstance(e, dict) else None for e in h["seeds"]] == seeds):
+        return None
+    for e in h["seeds"]:
+        if not (type(e["seed"]) is int and e.get("dtype") in RESULT_DTYPES and isinstance(e.get("shape"), list)
+                and len(e["shape"]) <= 2 and all(type(d) is int and 0 <= d <= 1 << 28 for d in e["shape"])
+                and type(e.get("losses")) is int and 0 <= e["losses"] <= 1 << 24):
+            return None
+    h["_body"] = len(head) + 1
+    return h
 
-    The record is one JSON header line, then the raw little-endian predictions, then the losses
-    as float64 (K, 2). No pickle and no zip: nothing in it can run code or decompress into a bomb.
+
+def _load_result(path: Path, n_eval: Mapping[int, int]) -> tuple[dict, dict, str | None, dict, int | None]:
+    """({seed: preds}, {seed: losses}, problem, timings, seed the problem is about) from the child's
+    plain-array record, size-capped.
+
+    The record is one JSON header line {"format": "aar-preds-v2", "seeds": [{"seed", "dtype",
+    "shape", "losses": K}, ...], "timings"}, then, per seed in header order, the raw little-endian
+    predictions followed by the losses as float64 (K, 2). The header must list exactly the seeds
+    asked for, in order, and the body must have exactly the size it implies. No pickle and no zip:
+    nothing in it can run code or decompress into a bomb.
     """
     import numpy as np
     import torch
 
     from aar_ray.w2s.engine import validate_predictions
 
+    seeds = list(n_eval)
     blob = _read_capped(path, MAX_RESULT_BYTES)
     if blob is None:
-        return None, [], f"result file is larger than {MAX_RESULT_BYTES >> 20} MiB", {}
+        return {}, {}, f"result file is larger than {MAX_RESULT_BYTES >> 20} MiB", {}, None
     if not blob:
-        return None, [], "the method wrote no predictions (did it exit before run() returned?)", {}
-    head, sep, body = blob[:4096].partition(b"\n")
-    try:
-        h = json.loads(head) if sep else None
-        ok = (isinstance(h, dict) and h.get("format") == RESULT_FORMAT and h.get("dtype") in RESULT_DTYPES
-              and isinstance(h.get("shape"), list) and all(type(d) is int and 0 <= d <= 1 << 28 for d in h["shape"])
-              and type(h.get("losses")) is int and 0 <= h["losses"] <= 1 << 24)
-    except ValueError:
-        ok = False
-    if not ok:
-        return None, [], f"the result file is not a {RESULT_FORMAT} record (the harness reads plain arrays only)", {}
-    body = blob[len(head) + 1:]
-    dt = np.dtype(RESULT_DTYPES[h["dtype"]])
-    n = int(np.prod(h["shape"], dtype=np.int64))
-    if len(body) != n * dt.itemsize + h["losses"] * 16:
-        return None, [], "the result record's size does not match its header", {}
-    preds = torch.from_numpy(np.frombuffer(body, dt, count=n).astype(np.float32).reshape(h["shape"]))
-    try:
-        preds = validate_predictions(preds, n_eval)
-    except ValueError as e:
-        return None, [], str(e), {}
-    losses = np.frombuffer(body, "<f8", offset=n * dt.itemsize).reshape(-1, 2)
+        return {}, {}, "the method wrote no predictions (did it exit before run() returned?)", {}, None
+    h = _record_header(blob, seeds)
+    if h is None:
+        return {}, {}, (f"the result file is not a {RESULT_FORMAT} record of seeds {seeds} (the harness reads plain "
+                        "arrays only)"), {}, None
+    sizes = [(math.prod(e["shape"]), np.dtype(RESULT_DTYPES[e["dtype"]])) for e in h["seeds"]]
+    body = memoryview(blob)[h["_body"]:]
+    if len(body) != sum(n * dt.itemsize + e["losses"] * 16 for (n, dt), e in zip(sizes, h["seeds"])):
+        return {}, {}, "the result record's size does not match its header", {}, None
+    preds, losses, off = {}, {}, 0
+    for (n, dt), e in zip(sizes, h["seeds"]):
+        p = torch.from_numpy(np.frombuffer(body, dt, count=n, offset=off).astype(np.float32).reshape(e["shape"]))
+        off += n * dt.itemsize
+        try:
+            preds[e["seed"]] = validate_predictions(p, n_eval[e["seed"]])
+        except ValueError as err:
+            return {}, {}, str(err), {}, e["seed"]
+        rows = np.frombuffer(body, "<f8", count=2 * e["losses"], offset=off).reshape(-1, 2)
+        off += e["losses"] * 16
+        losses[e["seed"]] = [(int(st), float(v)) for st, v in rows.tolist()]
     t = h.get("timings")
-    timings = {str(k)[:40]: float(v) for k, v in t.items() if isinstance(v, (int, float))} if isinstance(t, dict) else {}
-    return preds, [(int(s), float(v)) for s, v in losses.tolist()], None, timings
+    timings = {str(k)[:40]: float(v) for k, v in list(t.items())[:64] if isinstance(v, (int, float))} \
+        if isinstance(t, dict) else {}
+    return preds, losses, None, timings, None
 
 
-def _child_error(path: Path) -> tuple[str, str] | None:
+def _child_error(path: Path) -> tuple[str, str, object] | None:
+    """(type, message, seed it claims) of the child's error record."""
     blob = _read_capped(path, 1 << 16)
     if not blob:
         return None
     try:
         d = json.loads(blob)
-        return str(d.get("type", "Error"))[:80], str(d.get("message", ""))[:600]
+        return str(d.get("type", "Error"))[:80], str(d.get("message", ""))[:600], d.get("seed")
     except (ValueError, AttributeError):
-        return "Error", "the method's error record is unreadable"
+        return "Error", "the method's error record is unreadable", None
+
+
+def _current_seed(priv: Path, seeds: list[int], err: tuple | None) -> int | None:
+    """The seed a failure happened in, as the child claims it (error record, else its last progress
+    line); None when it names none of `seeds`. Only ever used to word a failure."""
+    if err and type(err[2]) is int and err[2] in seeds:
+        return err[2]
+    for line in reversed(_tail(priv / "progress.log", 4096).splitlines()):
+        word, _, n = line.partition(" ")
+        if word == "seed" and n.lstrip("-").isdigit() and int(n) in seeds:
+            return int(n)
+    return None
 
 
 def _attestation(path: Path) -> tuple[list[str], str | None]:
@@ -434,21 +482,32 @@ def _attestation(path: Path) -> tuple[list[str], str | None]:
         return [], "the sandbox child's attestation is unreadable"
 
 
-def _no(status: str, reason: str) -> tuple[str, str, None, list, dict]:
-    return status, reason, None, [], {}
+def _classify(rep: dict, lim: SandboxLimits, cpu_soft: float, trial: Path, n_eval: Mapping[int, int], bwrap: bool,
+              timeout_s: float) -> tuple[str, str, dict | None, dict, dict, int | None]:
+    """(status, reason, {seed: preds}, {seed: losses}, timings, seed a failure is about) from trusted
+    facts first (launcher report), the child's own claims last.
 
-
-def _classify(rep: dict, lim: SandboxLimits, cpu_soft: float, trial: Path, n_eval: int, bwrap: bool,
-              timeout_s: float) -> tuple[str, str, object, list, dict]:
-    """Status and reason from trusted facts first (launcher report), the child's own claims last."""
+    A failure is about the seed the harness found invalid in the record, else the one the child
+    says it was running, else the first seed (where nothing ran yet, a run of its own fails too).
+    """
     priv = trial / "private"
     rc, sig = rep.get("rc"), rep.get("signal")
     if bwrap and rc is not None and rc > 128:  # bwrap exits 128+N when its child dies of signal N
         sig, rc = rc - 128, None
     err = _child_error(priv / "error.json")
+    seeds = list(n_eval)
+    current = _current_seed(priv, seeds, err)
+    if current is None and seeds:
+        current = seeds[0]
+
+    def _no(status: str, reason: str, seed: int | None = current):
+        return status, reason, None, {}, {}, seed
+
     if rep.get("timed_out"):
         extra = f"; the process limit ({lim.pids}) was hit {rep['pids_max_hits']} times" if rep.get("pids_max_hits") else ""
-        return _no("timeout", f"wall-clock limit of {timeout_s:g}s reached; every process of the trial was killed{extra}")
+        whole = f" (for all {len(seeds)} seeds together)" if len(seeds) > 1 else ""
+        return _no("timeout", f"wall-clock limit of {timeout_s:g}s{whole} reached; every process of the trial was "
+                              f"killed{extra}")
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and rep.get("cpu_s", 0) >= cpu_soft - 0.5):
         return _no("cpu_limit", f"CPU limit of {cpu_soft:g} CPU-seconds reached (used {rep.get('cpu_s', 0):.1f}s)")
     if rep.get("oom_kills"):
@@ -477,10 +536,10 @@ def _classify(rep: dict, lim: SandboxLimits, cpu_soft: float, trial: Path, n_eva
         return _no("failed", f"the method's process exited with status {rc} without an error record")
     if rep.get("leftovers_killed"):
         return _no("leftover_processes", f"{rep['leftovers_killed']} processes outlived run() and were killed")
-    preds, losses, problem, timings = _load_result(priv / "out.bin", n_eval)
+    preds, losses, problem, timings, bad_seed = _load_result(priv / "out.bin", n_eval)
     if problem:
-        return _no("invalid_output", problem)
-    return "ok", "predictions validated", preds, losses, timings
+        return _no("invalid_output", problem, current if bad_seed is None else bad_seed)
+    return "ok", "predictions validated", preds, losses, timings, None
 
 
 def run_method_sandboxed(method_path: str | os.PathLike, student_dir: str | os.PathLike, inputs: Mapping[str, object],
@@ -491,9 +550,47 @@ def run_method_sandboxed(method_path: str | os.PathLike, student_dir: str | os.P
     """Run `run(ctx)` of one method file in the sandbox; never raises for anything the method does.
 
     inputs: the five tensors of INPUT_KEYS (no labels); probe: the ProbeConfig (dataclass) or a dict.
-    student_dir: a from_pretrained-loadable directory. Returns a SandboxResult; `.preds` is set
-    only when status == "ok".
+    student_dir: a from_pretrained-loadable directory. Returns a SandboxResult; `.preds` (a tensor)
+    is set only when status == "ok", `.losses` is a list of (step, loss).
     """
+    res, _ = _run_seeds(method_path, student_dir, {int(seed): inputs}, probe=probe, fidelity=fidelity,
+                        batch_size=batch_size, timeout_s=timeout_s, limits=limits, check_source=check_source,
+                        device=device, dtype=dtype, student_key=student_key, work_dir=work_dir, keep=keep)
+    res.preds = res.preds[int(seed)] if res.ok else None
+    res.losses = res.losses[int(seed)] if res.ok else []
+    return res
+
+
+def run_method_sandboxed_seeds(method_path: str | os.PathLike, student_dir: str | os.PathLike,
+                               inputs_by_seed: Mapping[int, Mapping[str, object]], *, probe: object,
+                               fidelity: str = "full", batch_size: int = 256, timeout_s: float = 600.0,
+                               limits: SandboxLimits | None = None, check_source: bool = True, device: str = "cpu",
+                               dtype: str = "float32", student_key: str = "",
+                               work_dir: str | os.PathLike | None = None, keep: bool = False) -> SandboxResult:
+    """Run `run(ctx)` of one method file on every seed in ONE sandboxed child; never raises for
+    anything the method does.
+
+    inputs_by_seed: seed -> the five tensors of INPUT_KEYS (seeds run in this order; the same
+    tensors may be shared by several seeds). The child imports the method once and, per seed, calls
+    torch.manual_seed(seed) and run() on a fresh MethodContext. timeout_s and every other limit
+    cover the whole run. The result is ok only if every seed returned valid predictions; then
+    `.preds` is {seed: float32 tensor (N_eval,)} and `.losses` {seed: [(step, loss), ...]}. A failed
+    run stops at its first failing seed, whose number starts the reason ("seed 1: ...").
+    """
+    res, failed = _run_seeds(method_path, student_dir, inputs_by_seed, probe=probe, fidelity=fidelity,
+                             batch_size=batch_size, timeout_s=timeout_s, limits=limits, check_source=check_source,
+                             device=device, dtype=dtype, student_key=student_key, work_dir=work_dir, keep=keep)
+    if failed is not None:
+        res.reason = f"seed {failed}: {res.reason}"
+    if not res.ok:
+        res.preds, res.losses = None, {}
+    return res
+
+
+def _run_seeds(method_path, student_dir, inputs_by_seed: Mapping[int, Mapping[str, object]], *, probe: object,
+               fidelity: str, batch_size: int, timeout_s: float, limits: SandboxLimits | None, check_source: bool,
+               device: str, dtype: str, student_key: str, work_dir, keep: bool) -> tuple[SandboxResult, int | None]:
+    """One sandboxed child for all seeds: (result with per-seed dicts, seed a run-time failure is about)."""
     import torch
 
     lim = limits or SandboxLimits()
@@ -503,31 +600,39 @@ def run_method_sandboxed(method_path: str | os.PathLike, student_dir: str | os.P
         findings = precheck.check(source, Path(method_path).name)
         if findings:
             return SandboxResult("rejected", "static pre-check: " + "; ".join(findings[:5]), layers=["precheck"],
-                                 wall_s=time.monotonic() - t0)
-    missing_in = [k for k in INPUT_KEYS if not isinstance(inputs.get(k), torch.Tensor)]
-    if missing_in:
-        raise ValueError(f"inputs lack tensors {missing_in}")
+                                 wall_s=time.monotonic() - t0), None
+    if not inputs_by_seed or len(inputs_by_seed) > MAX_SEEDS:
+        raise ValueError(f"inputs_by_seed must hold 1 to {MAX_SEEDS} seeds, got {len(inputs_by_seed)}")
+    for seed, inputs in inputs_by_seed.items():
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seeds must be ints, got {seed!r}")
+        missing_in = [k for k in INPUT_KEYS if not isinstance(inputs.get(k), torch.Tensor)]
+        if missing_in:
+            raise ValueError(f"inputs of seed {seed} lack tensors {missing_in}")
     student = os.path.realpath(student_dir)
     if not os.path.isdir(student):
         raise ValueError(f"student_dir {student_dir} is not a directory")
     if device != "cpu" and not lim.devices:
         return SandboxResult("sandbox_error", f"device {device!r} needs its device files in SandboxLimits.devices "
-                             "(e.g. /dev/nvidia0, /dev/nvidiactl, /dev/nvidia-uvm)", wall_s=round(time.monotonic() - t0, 3))
+                             "(e.g. /dev/nvidia0, /dev/nvidiactl, /dev/nvidia-uvm)",
+                             wall_s=round(time.monotonic() - t0, 3)), None
     h = host()
     if h.uid is not None:
         try:
             _share_student(student)
         except OSError as e:
             return SandboxResult("sandbox_error", f"student files are not readable by the sandbox uid and cannot be "
-                                 f"made so: {e}", wall_s=round(time.monotonic() - t0, 3))
+                                 f"made so: {e}", wall_s=round(time.monotonic() - t0, 3)), None
     base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
     trial = Path(tempfile.mkdtemp(prefix="aar-trial-", dir=base))
     try:
         os.chmod(trial, 0o711)  # traversable, not listable; private/ below is 0700
         (trial / "in").mkdir(mode=0o755)
         (trial / "private").mkdir(mode=0o700)
-        n_eval = int(inputs["eval_ids"].shape[0])
-        torch.save({k: inputs[k].detach().cpu().contiguous() for k in INPUT_KEYS}, trial / "in" / "inputs.pt")
+        n_eval = {int(seed): int(inputs["eval_ids"].shape[0]) for seed, inputs in inputs_by_seed.items()}
+        # one file for all seeds; tensors shared between seeds are stored once (torch.save dedups storages)
+        torch.save({f"{int(seed)}.{k}": inputs[k].detach().cpu().contiguous()
+                    for seed, inputs in inputs_by_seed.items() for k in INPUT_KEYS}, trial / "in" / "inputs.pt")
         (trial / "in" / "method.py").write_text(source)
         launcher, child, layers, bwrap = _plan(h, lim, trial, student, timeout_s, device)
         expected = layers + (["cgroup"] if "cgroup" in launcher else []) + ["subreaper"] \
@@ -536,10 +641,10 @@ def run_method_sandboxed(method_path: str | os.PathLike, student_dir: str | os.P
         if missing:  # refuse before any agent code runs
             return SandboxResult("sandbox_error", f"required sandbox layers are unavailable here: {missing} "
                                  f"(bwrap: {h.bwrap_note}; landlock ABI {h.landlock_abi})", layers=expected,
-                                 wall_s=round(time.monotonic() - t0, 3))
+                                 wall_s=round(time.monotonic() - t0, 3)), None
         probe_d = asdict(probe) if hasattr(probe, "__dataclass_fields__") else dict(probe)
-        child.update(probe=probe_d, seed=int(seed), fidelity=fidelity, batch_size=int(batch_size), dtype=dtype,
-                     student_key=student_key, n_eval=n_eval)
+        child.update(probe=probe_d, seeds=[[s, n] for s, n in n_eval.items()], fidelity=fidelity,
+                     batch_size=int(batch_size), dtype=dtype, student_key=student_key)
         (trial / "in" / "spec.json").write_text(json.dumps(child))
         for f in (trial / "in").iterdir():
             os.chmod(f, 0o644)
@@ -550,14 +655,14 @@ def run_method_sandboxed(method_path: str | os.PathLike, student_dir: str | os.P
         log = _tail(priv / "stderr.log") + _tail(priv / "stdout.log", 1000)
         if rep.get("error") or (setup_error and not rep.get("timed_out")):
             return SandboxResult("sandbox_error", rep.get("error") or setup_error, layers=layers,
-                                 wall_s=round(time.monotonic() - t0, 3), log_tail=log)
+                                 wall_s=round(time.monotonic() - t0, 3), log_tail=log), None
         missing = _required_missing(lim, layers)
-        status, reason, preds, losses, timings = _classify(rep, lim, launcher["rlimits"]["cpu"][0], trial,
-                                                           n_eval, bwrap, timeout_s)
+        status, reason, preds, losses, timings, failed = _classify(rep, lim, launcher["rlimits"]["cpu"][0], trial,
+                                                                   n_eval, bwrap, timeout_s)
         if missing and status == "ok":  # the child could not apply a required layer: do not trust the result
-            status, reason, preds, losses = "sandbox_error", f"required layers did not apply: {missing}", None, []
+            status, reason, preds, losses = "sandbox_error", f"required layers did not apply: {missing}", None, {}
         return SandboxResult(status, reason, preds, losses, layers, round(time.monotonic() - t0, 3),
-                             float(rep.get("cpu_s", 0.0)), log, timings)
+                             float(rep.get("cpu_s", 0.0)), log, timings), failed
     finally:
         if not keep:
             shutil.rmtree(trial, ignore_errors=True)

@@ -1,4 +1,4 @@
-# expect: invalid_output: not a aar-preds-v1 record
+# expect: invalid_output: not a aar-preds-v\d record
 """Write a malicious pickle straight into the result fd, then exit before the child does."""
 import os
 import pickle
