@@ -353,7 +353,9 @@ def connect_ray(cfg: CampaignConfig, namespace: str) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, namespace=namespace, runtime_env=env, log_to_driver=False)
+        # A job from `ray job submit` already has its runtime env (merging a second one fails); the
+        # actors get this environment through their own options.
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
         return False
     kw = {"num_cpus": cfg.ray.num_cpus or None, "num_gpus": cfg.ray.num_gpus or None,
           "_temp_dir": os.environ.get("AAR_RAY_TMPDIR") or None}  # a private temp dir isolates this Ray

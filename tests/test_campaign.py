@@ -186,22 +186,27 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_ray_job_submit_on_a_loopback_head(tmp_path):
     venv_bin = str(Path(sys.executable).parent)
-    env = _env(tmp_path, PATH=f"{venv_bin}:{os.environ['PATH']}")
-    port, dash = _free_port(), _free_port()
-    temp = tmp_path / "ray"
+    # a loopback-only cluster without Ray's token auth, on both sides (head and job client)
+    env = _env(tmp_path, PATH=f"{venv_bin}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled")
+    port, dash, agent = _free_port(), _free_port(), _free_port()
+    temp = Path(f"/tmp/aar-rj-{os.getpid()}")  # Ray's socket paths must stay under 107 bytes
     start = subprocess.run([f"{venv_bin}/ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2",
+                            f"--dashboard-agent-listen-port={agent}",  # not the default: it may be taken
                             f"--temp-dir={temp}", "--disable-usage-stats"],
                            capture_output=True, text=True, env=env, timeout=180)
     assert start.returncode == 0, start.stderr
     try:
         runtime_env = {"env_vars": {k: env[k] for k in ("AAR_CACHE_DIR", "AAR_RUNS_DIR", "AAR_MLFLOW_DIR",
                                                         "HF_HUB_OFFLINE")}}
-        sub = subprocess.run(
-            [f"{venv_bin}/ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "aar_ray", "campaign",
-             "experiments/quick.yaml", *SMALL, "campaign_id=job", "budget.trials=2", "n_researchers=1"],
-            capture_output=True, text=True, env=env, timeout=900)
+        cmd = [f"{venv_bin}/ray", "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+               "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "aar_ray", "campaign",
+               "experiments/quick.yaml", *SMALL, "campaign_id=job", "budget.trials=2", "n_researchers=1"]
+        for _ in range(30):  # the head's job agent takes a few seconds to come up after `ray start`
+            sub = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+            if "No available agent" not in sub.stdout + sub.stderr:
+                break
+            time.sleep(3)
         assert sub.returncode == 0, sub.stdout[-3000:] + sub.stderr[-3000:]
         assert "succeeded" in sub.stdout.lower()
         assert re.search(r"report: .*runs/job/report\.md", sub.stdout)

@@ -252,6 +252,18 @@ def _runtime_trees() -> dict[str, str]:
     return trees
 
 
+PKG_INSIDE = "/aar/pkg/aar_ray"  # where bwrap shows this package (not under /tmp: that is a fresh tmpfs)
+
+
+def _child_argv(python: str, spec: str, pkg: str | None) -> list[str]:
+    """Start the child from this very package, wherever it lives (an editable install's .pth may point
+    elsewhere, e.g. when `ray job submit` ships the package in a job's working dir)."""
+    parent = os.path.dirname(pkg) if pkg else os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    code = (f"import sys; sys.path.insert(0, {parent!r}); import runpy; "
+            "runpy.run_module('aar_ray.sandbox_child', run_name='__main__', alter_sys=True)")
+    return [python, "-I", "-c", code, spec]
+
+
 def _child_env(threads: int, home: str) -> dict[str, str]:
     n = str(threads)
     return {"HOME": home, "TMPDIR": "/tmp", "PATH": "/nonexistent", "LANG": "C.UTF-8", "USER": SANDBOX_USER,
@@ -285,8 +297,8 @@ def _plan(h: Host, lim: SandboxLimits, trial: Path, student: str, timeout_s: flo
         launcher["cgroup"] = {"memory": (lim.oom_mb or lim.memory_mb) << 20, "pids": lim.pids, "cpus": threads}
     layers.append("env-cleared")
     if use_bwrap:
-        inside = {"python": trees["python"], "venv": trees["venv"], "pkg": trees.get("pkg"), "in": "/aar/in",
-                  "student": "/aar/student"}
+        inside = {"python": trees["python"], "venv": trees["venv"], "pkg": PKG_INSIDE if trees.get("pkg") else None,
+                  "in": "/aar/in", "student": "/aar/student"}
         sources = {"python": trees["python"], "venv": trees["venv"], "pkg": trees.get("pkg"), "in": str(trial / "in"),
                    "student": student}
         sources = {k: v for k, v in sources.items() if v}
@@ -310,7 +322,7 @@ def _plan(h: Host, lim: SandboxLimits, trial: Path, student: str, timeout_s: flo
             argv += ["--dev-bind", d, d]
         for k, v in _child_env(threads, "/aar/scratch").items():
             argv += ["--setenv", k, v]
-        argv += ["--chdir", "/aar/scratch", "--", python, "-I", "-m", "aar_ray.sandbox_child", "/aar/in/spec.json"]
+        argv += ["--chdir", "/aar/scratch", "--", *_child_argv(python, "/aar/in/spec.json", inside["pkg"])]
         launcher.update(argv=argv, env={})
         layers.append("bwrap(" + ",".join(["unshare-all", "cap-drop", "disable-userns", "ro-binds", "tmpfs"]) + ")")
         inn, scratch, stu = "/aar/in", "/aar/scratch", "/aar/student"
@@ -327,7 +339,7 @@ def _plan(h: Host, lim: SandboxLimits, trial: Path, student: str, timeout_s: flo
         if h.stage:
             launcher["expose"] = [*trees.values(), inn, stu]
             layers.append("exposed-in-place")
-        launcher.update(argv=[python, "-I", "-m", "aar_ray.sandbox_child", f"{inn}/spec.json"],
+        launcher.update(argv=_child_argv(python, f"{inn}/spec.json", trees.get("pkg")),
                         env=_child_env(threads, scratch), cwd=scratch,
                         check_readable=[python, os.path.join(trees["python"], "lib"), f"{inn}/spec.json", stu, scratch])
     child = {"inputs": f"{inn}/inputs.pt", "method": f"{inn}/method.py", "student": stu, "scratch": scratch,
