@@ -175,6 +175,13 @@ def test_sigkill_mid_campaign_then_resume_records_every_trial_once(tmp_path):
     assert {t.data.tags["trial_id"] for t in trials} == forum_scored  # nothing lost
     assert all(t.info.status == "FINISHED" for t in trials)
     assert len(runs["campaign"]) == 1 and len(runs["researcher"]) == 2
+    # researchers came back from their persisted state, and none went past its trial budget
+    events = [json.loads(l) for f in (tmp_path / "runs" / "kill" / "transcripts").glob("*.jsonl")
+              for l in f.read_text().splitlines()]
+    assert any(e["kind"] == "restored" and e["step"] > 0 for e in events)
+    with sqlite3.connect(forum) as db:
+        per = dict(db.execute("SELECT researcher, COUNT(*) FROM trials WHERE researcher != 'driver' GROUP BY researcher"))
+    assert all(n <= 3 for n in per.values()) and sum(per.values()) <= 4
 
 
 def _free_port() -> int:
