@@ -70,15 +70,17 @@ def run_payloads(source: str, payloads: list[dict]) -> dict:
 
 
 # the tiny world's math task is too small for a gap; this one has one (weak ~0.51, ceiling ~0.74)
-MATH = ["task=math", "world.math_max=24", "strong.d_model=64", "strong.n_layer=2", "strong.pretrain_steps=300",
-        "weak.pretrain_steps=60"]
+MATH_WORLD = ["world.math_max=24", "strong.d_model=64", "strong.n_layer=2", "strong.pretrain_steps=300",
+              "weak.pretrain_steps=60", "world.statements=false", "strong.tie_embeddings=false",
+              "weak.tie_embeddings=false", "world.weak_fraction=0.3"]
+MATH = ["task=math", *MATH_WORLD]
 
 
-def make_scorer(env, task="facts", **scoring):
+def make_scorer(env, task="facts", overrides=(), **scoring):
     tr = tracking.MlflowTracker()
     exp = tr.experiment(f"scoring-{task}-{len(os.listdir(env))}")
     runs = {r: tr.start_run(exp, r, tags={tracking.LEVEL: "researcher", "researcher": r}) for r in ("alice", "bob")}
-    cfg = tiny_cfg(*(MATH if task == "math" else [f"task={task}"]))
+    cfg = tiny_cfg(*(MATH if task == "math" else [f"task={task}"]), *overrides)
     sc = ScoringConfig(**{"seeds": [0, 1], "query_budget": 3, **scoring})
     return Scorer(cfg, sc, tr, exp, runs), tr
 
@@ -141,16 +143,18 @@ def test_missing_seeds_are_not_a_result_and_budget_refusal(env):
 def test_heldout_stage_records_math_and_code_on_the_trial_run(env):
     from mlflow.tracking import MlflowClient
 
-    scorer, _ = make_scorer(env)
+    scorer, _ = make_scorer(env, overrides=MATH_WORLD)  # a world whose math task has a gap
     src = resolve("naive").read_text()
     scorer.score("alice", "t1", "naive", src, "full", run_payloads(src, scorer.payloads("full")))
     for task in ("math", "code"):
-        res = scorer.score_private("t1", f"heldout:{task}", run_payloads(src, scorer.payloads("full", task=task)))
-        assert np.isfinite(res["mean"])
+        scorer.score_private("t1", f"heldout:{task}", run_payloads(src, scorer.payloads("full", task=task)))
+    private = scorer.trials["t1"].private
+    assert np.isfinite(private["heldout:math"]["mean"])
     run_id = scorer.driver_results()[0]["mlflow_run"]
     m = MlflowClient(tracking.tracking_uri()).get_run(run_id).data.metrics
-    assert m["heldout_math_pgr_mean"] == pytest.approx(scorer.trials["t1"].private["heldout:math"]["mean"])
-    assert m["heldout_code_pgr_mean"] == pytest.approx(scorer.trials["t1"].private["heldout:code"]["mean"])
+    assert m["heldout_math_pgr_mean"] == pytest.approx(private["heldout:math"]["mean"])
+    if np.isfinite(private["heldout:code"]["mean"]):  # PGR is undefined where a tiny task has no gap
+        assert m["heldout_code_pgr_mean"] == pytest.approx(private["heldout:code"]["mean"])
     # researchers never see them
     assert "heldout" not in json.dumps(scorer._val_view(scorer.trials["t1"]))
 
