@@ -7,7 +7,7 @@ naming the key.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -224,9 +224,3 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def field_docs(schema: type) -> dict[str, str]:
-    """Field names of a config dataclass (used by `aar config --help`-style listings)."""
-    assert is_dataclass(schema)
-    return {f.name: str(f.type) for f in fields(schema)}
