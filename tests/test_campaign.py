@@ -223,3 +223,57 @@ def test_ray_job_submit_on_a_loopback_head(tmp_path):
     finally:
         # stop only this cluster: every process it started carries its temp dir on the command line
         subprocess.run(["pkill", "-9", "-f", str(temp)], capture_output=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_researcher_actor_killed_mid_campaign_restarts_from_its_state(tmp_path, monkeypatch):
+    """Kill one researcher actor while it works: Ray restarts it, it resumes from the forum and
+    never resubmits a finished trial."""
+    import sqlite3
+
+    import ray
+
+    from aar_ray import campaign as C
+    from aar_ray.config import load_config
+
+    for k, v in _env(tmp_path).items():
+        if k.startswith(("AAR_", "HF_")):
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AAR_TRACKING", "off")
+    cfg = load_config(C.CampaignConfig, ROOT / "experiments/quick.yaml",
+                      [*SMALL, "n_researchers=1", "researcher.trials=3", "budget.trials=3", "baselines=[naive]"])
+    run_dir = tmp_path / "runs" / "kill-actor"
+    ray.init(num_cpus=2, namespace="aar-kill-actor", include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": C.worker_env()}, _temp_dir=f"/tmp/aar-ka-{os.getpid()}")
+    try:
+        scorer = ray.remote(num_cpus=0, max_concurrency=8)(C.ScorerActor).options(name="aar-scorer").remote(
+            cfg.w2s, cfg.scoring, None, {}, str(run_dir / "private" / "scorer.json"), (C.DRIVER,))
+        forum = ray.remote(num_cpus=0, max_concurrency=16)(C.ForumActor).options(name="aar-forum").remote(
+            str(run_dir / "forum.db"), len(cfg.scoring.seeds))
+        service = ray.remote(num_cpus=0, max_concurrency=16)(C.TrialService).options(name="aar-trials").remote(
+            cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum)
+        ray.get(service.busy.remote())  # up before the researcher looks it up
+        ray.get(forum.set_control.remote("stop", "0"))
+        actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(C.ResearcherActor).remote(
+            "r0", "offline", cfg.directions[0], 0, cfg, time.time() + 400, str(run_dir / "transcripts"), None)
+        ref = actor.run.remote()
+        db = run_dir / "forum.db"
+        deadline = time.time() + 300
+        scored = []
+        while time.time() < deadline and not scored:
+            time.sleep(1)
+            if db.exists():
+                with sqlite3.connect(db) as c:
+                    scored = [r[0] for r in c.execute("SELECT trial_id FROM trials WHERE status='scored'")]
+        assert scored, "no trial was scored before the kill"
+        ray.kill(actor, no_restart=False)  # a crash: Ray restarts the actor and retries run()
+        out = ray.get(ref, timeout=400)
+        assert out["outcome"] in ("finished", "deadline")
+        with sqlite3.connect(db) as c:
+            trials = [r[0] for r in c.execute("SELECT trial_id FROM trials WHERE researcher='r0'")]
+        assert len(trials) == len(set(trials)) <= 3
+        assert set(scored) <= set(trials)  # finished trials stayed, none was submitted again
+        events = [json.loads(l) for l in (run_dir / "transcripts" / "r0.jsonl").read_text().splitlines()]
+        assert any(e["kind"] == "restored" for e in events)
+    finally:
+        ray.shutdown()
