@@ -164,6 +164,19 @@ def test_redact_secrets(monkeypatch):
         "api_key": "***", "content_key": "k1", "n": 3, "nested": ["***"]}
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 90) -> None:
+    """Poll an MLflow server's /health until it answers OK; fail if its process exits or time runs out."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).read() == b"OK":
+                return
+        except OSError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, f"{what} did not start"
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()
@@ -176,16 +189,7 @@ def mlflow_server(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/health", timeout=2).read() == b"OK":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mlflow server did not start")
-            time.sleep(0.5)
+        wait_healthy(url, proc, "mlflow server")
         yield url
     finally:
         os.killpg(proc.pid, 15)
@@ -212,15 +216,7 @@ def test_ui_serves_mlflow_and_a_second_start_says_so(env, tiny_result):
     proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/health", timeout=2).read() == b"OK":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "aar ui did not start"
-            time.sleep(0.5)
+        wait_healthy(url, proc, "aar ui")
         html = urllib.request.urlopen(url + "/", timeout=10).read().decode()
         assert "<html" in html.lower() and "mlflow" in html.lower()
         # the UI's API sees the recorded experiment over the default (sqlite) store

@@ -267,15 +267,20 @@ def test_method_context_holds_no_labels(cache_dir):
     assert not (splits[: (splits == "val").sum()] == "val").all()
 
 
-def test_tiny_qwen_gpu_preset_path(cache_dir, tmp_path):
-    """The w2s_qwen preset's code path (HF models by path, jsonl data, hidden-state probes) on tiny Qwens."""
+def _tiny_qwen_cfg(tmp_path, *overrides: str) -> W2SConfig:
+    """The w2s_qwen preset pointed at tiny local Qwen1.5/Qwen3-shaped models and a small JSONL file."""
     words = write_jsonl(tmp_path / "data.jsonl")
     weak = make_tiny_hf_model(tmp_path / "qwen15", "qwen2", words, hidden=16)
     strong = make_tiny_hf_model(tmp_path / "qwen3", "qwen3", words, hidden=32)
-    cfg = load_config(W2SConfig, ROOT / "experiments/w2s_qwen.yaml", [
+    return load_config(W2SConfig, ROOT / "experiments/w2s_qwen.yaml", [
         f"data_path={tmp_path / 'data.jsonl'}", f"weak.name_or_path={weak}", f"strong.name_or_path={strong}",
-        "weak.dtype=float32", "strong.dtype=float32", "device=cpu", "seeds=[0]", "probe.epochs=2",
-        "methods=[naive,confidence]"])
+        "seeds=[0]", "probe.epochs=2", *overrides])
+
+
+def test_tiny_qwen_gpu_preset_path(cache_dir, tmp_path):
+    """The w2s_qwen preset's code path (HF models by path, jsonl data, hidden-state probes) on tiny Qwens."""
+    cfg = _tiny_qwen_cfg(tmp_path, "weak.dtype=float32", "strong.dtype=float32", "device=cpu",
+                         "methods=[naive,confidence]")
     res = engine.train(cfg, progress=False)
     out = res.to_json()
     assert out["task"] == "jsonl:data"
@@ -286,12 +291,7 @@ def test_tiny_qwen_gpu_preset_path(cache_dir, tmp_path):
 
 @pytest.mark.gpu
 def test_tiny_qwen_on_cuda_bf16(cache_dir, tmp_path):
-    words = write_jsonl(tmp_path / "data.jsonl")
-    weak = make_tiny_hf_model(tmp_path / "qwen15", "qwen2", words, hidden=16)
-    strong = make_tiny_hf_model(tmp_path / "qwen3", "qwen3", words, hidden=32)
-    cfg = load_config(W2SConfig, ROOT / "experiments/w2s_qwen.yaml", [
-        f"data_path={tmp_path / 'data.jsonl'}", f"weak.name_or_path={weak}", f"strong.name_or_path={strong}",
-        "device=cuda", "seeds=[0]", "probe.epochs=2", "methods=[naive]"])
+    cfg = _tiny_qwen_cfg(tmp_path, "device=cuda", "methods=[naive]")
     exp = engine.prepare(cfg, progress=False)
     assert next(exp.strong.model.parameters()).dtype == torch.bfloat16
     assert next(exp.strong.model.parameters()).is_cuda
