@@ -169,7 +169,8 @@ def _forward(cls: type, target: str, names: list[str]) -> type:
 
 
 _forward(ScorerActor, "s", ["payloads", "score", "queries_left", "driver_results", "score_private", "audit_gap",
-                            "finalize_flags", "baselines", "flagged_researchers", "source", "trial_ids"])
+                            "finalize_flags", "baselines", "flagged_researchers", "source", "trial_ids",
+                            "record_unscored"])
 
 
 class ForumActor:
@@ -239,10 +240,14 @@ class TrialService:
             time.sleep(0.2)
             with self.lock:
                 done = [(t, h, m) for t, (h, m) in self.active.items() if h.done()]
-                for t, _, _ in done:
-                    self.active.pop(t)
             for trial_id, handle, meta in done:
-                self._finish(ray, trial_id, handle, meta)
+                try:
+                    self._finish(ray, trial_id, handle, meta)
+                except Exception as e:  # one bad result must not stop collecting the others
+                    print(f"[aar] collecting trial {trial_id} failed: {e}", flush=True)
+                finally:
+                    with self.lock:  # a trial counts as busy until it is scored or recorded as unscored
+                        self.active.pop(trial_id, None)
 
     def _finish(self, ray, trial_id: str, handle, meta: dict) -> None:
         from aar_ray.pool import JobFailed
@@ -254,8 +259,7 @@ class TrialService:
         except JobFailed as e:
             out = {"status": e.status.value.lower(), "reason": e.error.message}
         if out.get("status") != "ok":
-            ray.get(self.forum.upsert_trial.remote(trial_id, owner, method_id, name, fid, "failed", None,
-                                                   f"{out.get('status')}: {out.get('reason')}"))
+            self._unscored(ray, trial_id, meta, "failed", str(out.get("status")), str(out.get("reason")))
             return
         try:
             val = ray.get(self.scorer.score.remote(owner, trial_id, name, meta["source"], fid, out["preds"],
@@ -263,9 +267,19 @@ class TrialService:
         except Exception as e:  # budget refusal or invalid predictions: the researcher sees why
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             status = "refused" if "QueryBudgetExceeded" in repr(e) or "query budget" in msg else "failed"
-            ray.get(self.forum.upsert_trial.remote(trial_id, owner, method_id, name, fid, status, None, msg))
+            self._unscored(ray, trial_id, meta, status, status, msg)
             return
         ray.get(self.forum.upsert_trial.remote(trial_id, owner, method_id, name, fid, "scored", val, None))
+
+    def _unscored(self, ray, trial_id: str, meta: dict, forum_status: str, status: str, reason: str) -> None:
+        """A trial with no score: the researcher sees why on the forum, and MLflow keeps a FAILED run."""
+        owner, fid, name, src = meta["owner"], meta["fidelity"], meta["name"], meta["source"]
+        shown = reason if forum_status != "failed" else f"{status}: {reason}"
+        ray.get(self.forum.upsert_trial.remote(trial_id, owner, _method_id(src), name, fid, forum_status, None, shown))
+        try:
+            ray.get(self.scorer.record_unscored.remote(owner, trial_id, name, src, fid, status, reason))
+        except Exception as e:  # the forum has it; a tracking outage must not stop collecting
+            print(f"[aar] could not record unscored trial {trial_id} in MLflow: {e}", flush=True)
 
     def snapshot(self) -> dict:
         snap = self.pool.snapshot()
@@ -287,6 +301,9 @@ class TrialService:
         n = 0
         for trial_id, (h, meta) in items:
             n += bool(h.cancel())
+        deadline = time.time() + 60  # let the collector record the cancelled trials before the driver moves on
+        while self.busy() and time.time() < deadline:
+            time.sleep(0.2)
         return n
 
 

@@ -12,7 +12,8 @@ rebuild it after the driver is gone. Its parts:
 
 Only finished trial runs count (one whose PGR was undefined shows —, ranked last): a run left
 RUNNING by a crash is half-recorded and is replaced on resume (`MlflowTracker.find_run`), so
-showing it would show a trial twice.
+showing it would show a trial twice. Trials that produced no score (their job failed, timed out,
+was cancelled, or the query budget refused it) are listed apart with their reason.
 """
 from __future__ import annotations
 
@@ -66,6 +67,16 @@ class Researcher:
 
 
 @dataclass
+class Unscored:
+    """A trial whose job produced no score, with the harness's reason."""
+    method: str
+    researcher: str
+    trial_id: str
+    status: str
+    reason: str
+
+
+@dataclass
 class Campaign:
     campaign_id: str
     run_id: str | None
@@ -78,6 +89,7 @@ class Campaign:
     trials: list[Trial]
     seed_runs: int
     unfinished_trials: int
+    unscored: list[Unscored] = field(default_factory=list)
     baselines: dict[str, float] = field(default_factory=dict)  # label -> test PGR, for the plot lines
 
 
@@ -130,6 +142,12 @@ def load_campaign(campaign_id: str, tracker) -> Campaign:
     trial_runs = _runs(client, eid, "trial")
     finished = [r for r in trial_runs if r.info.status == "FINISHED"]  # PGR may be absent (NaN is not logged)
     trials = [_trial(r) for r in finished]
+    unscored = [Unscored(r.data.tags.get("method", r.info.run_name or "?"),
+                         "baseline" if r.data.tags.get("aar.baseline") else r.data.tags.get("researcher", "?"),
+                         r.data.tags.get("trial_id", ""), r.data.tags[tracking.UNSCORED_STATUS],
+                         r.data.tags.get(tracking.UNSCORED_REASON, ""))
+                for r in sorted(trial_runs, key=lambda r: r.info.start_time or 0)
+                if r.info.status in ("FAILED", "KILLED") and tracking.UNSCORED_STATUS in r.data.tags]
 
     by_name: dict[str, object] = {}
     for r in sorted(_runs(client, eid, "researcher"), key=lambda r: r.info.start_time or 0):
@@ -149,7 +167,7 @@ def load_campaign(campaign_id: str, tracker) -> Campaign:
         preset=camp.data.tags.get("preset", DASH) if camp else DASH,
         metrics=metrics, params=dict(camp.data.params) if camp else {}, wall_s=wall_s,
         researchers=researchers, trials=trials, seed_runs=len(_runs(client, eid, "seed")),
-        unfinished_trials=len(trial_runs) - len(finished))
+        unfinished_trials=len(trial_runs) - len(finished) - len(unscored), unscored=unscored)
     c.baselines = _baseline_lines(c)
     return c
 
@@ -263,6 +281,11 @@ def spend(c: Campaign) -> Table:
                      str(int(totals["recorded"])), ""])
     return Table(["researcher", "brain", "tokens", "dollars", "GPU-seconds", "trials", "recorded trials",
                   "query refusals"], rows)
+
+
+def unscored_table(c: Campaign) -> Table:
+    return Table(["method", "researcher", "trial", "status", "reason"],
+                 [[u.method, u.researcher, u.trial_id or DASH, u.status, u.reason[:300] or DASH] for u in c.unscored])
 
 
 def researchers_table(c: Campaign) -> Table:
@@ -384,6 +407,8 @@ def _header(c: Campaign) -> list[tuple[str, str]]:
     trials = f"{len(c.trials) - n_base} researcher + {n_base} baseline"
     if budget is not None:
         trials += f" (budget {int(budget)})"
+    if c.unscored:
+        trials += f"; {len(c.unscored)} not scored (listed below)"
     if c.unfinished_trials:
         trials += f"; {c.unfinished_trials} unfinished not shown"
     return [("campaign", c.campaign_id), ("preset", c.preset), ("status", c.status),
@@ -396,8 +421,10 @@ def _header(c: Campaign) -> list[tuple[str, str]]:
 
 def _sections(c: Campaign) -> list[tuple[str, str, Table | None, str | None]]:
     """(title, note, table, plot key) per section, shared by the Markdown and HTML renderers."""
+    unscored = [("Not scored", "Trials whose job produced no score, with the harness's reason.",
+                  unscored_table(c), None)] if c.unscored else []
     if not c.trials:
-        return [("Leaderboard", "No trials recorded yet.", None, None), ("Spend", "", spend(c), None),
+        return [("Leaderboard", "No trials recorded yet.", None, None), *unscored, ("Spend", "", spend(c), None),
                 ("Researchers", "", researchers_table(c), None)]
     gen = generalization(c)
     gen_note = ("Top methods by hidden test PGR on the primary task and on the held-out verification tasks "
@@ -409,6 +436,7 @@ def _sections(c: Campaign) -> list[tuple[str, str, Table | None, str | None]]:
         ("PGR over time", "Best-so-far test PGR per researcher; dashed: naive, dotted: best human-designed method.",
          None, "pgr_over_time"),
         ("Generalization", gen_note, gen, "generalization"),
+        *unscored,
         ("Spend", "", spend(c), None),
         ("Researchers", "", researchers_table(c), None),
     ]

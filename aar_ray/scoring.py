@@ -377,6 +377,19 @@ class Scorer:
         self.tracker.log_metrics(out.run_id, {"wall_time_s": rec.submitted - self.t0, "trial_index": rec.index})
         return out.run_id
 
+    def record_unscored(self, researcher: str, trial_id: str, name: str, source: str, fidelity: str, status: str,
+                        reason: str) -> str | None:
+        """Record in MLflow a trial whose job produced no score (failed, timed out, cancelled, refused)."""
+        if self.tracker is None or not self.tracker.enabled or trial_id in self.trials:
+            return None
+        from aar_ray import tracking
+
+        return tracking.record_unscored_trial(
+            self.tracker, self.experiment_id, trial_id, name, source, status, reason,
+            parent=self.researcher_runs.get(researcher),
+            extra_tags={"researcher": researcher, "fidelity": fidelity, "task": self.cfg.task,
+                        **({"aar.baseline": name} if researcher in self.exempt else {})})
+
     def _record_refusal(self, researcher: str, trial_id: str) -> None:
         if self.tracker is not None and self.tracker.enabled and researcher in self.researcher_runs:
             n = sum(1 for r in self.refusals if r["researcher"] == researcher)

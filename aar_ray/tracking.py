@@ -98,7 +98,7 @@ class Tracker:
     def experiment(self, name: str) -> str:
         return name
 
-    def find_run(self, experiment_id: str, content_key: str) -> str | None:
+    def find_run(self, experiment_id: str, content_key: str, keep: tuple[str, ...] = ("FINISHED",)) -> str | None:
         return None
 
     def start_run(self, experiment_id: str, name: str, parent: str | None = None,
@@ -152,14 +152,15 @@ class MlflowTracker(Tracker):
                 raise
             return exp.experiment_id
 
-    def find_run(self, experiment_id: str, content_key: str) -> str | None:
+    def find_run(self, experiment_id: str, content_key: str, keep: tuple[str, ...] = ("FINISHED",)) -> str | None:
+        """The recorded run with this content key; runs in other states (half-recorded by a crash) are deleted."""
         runs = self.client.search_runs([experiment_id], filter_string=f"tags.`{CONTENT_KEY}` = '{content_key}'",
                                        max_results=10)
-        finished = [r for r in runs if r.info.status == "FINISHED"]
+        kept = [r for r in runs if r.info.status in keep]
         for r in runs:  # a half-recorded run from a crash is replaced, never shown as a result
-            if r.info.status != "FINISHED":
+            if r.info.status not in keep:
                 self.client.delete_run(r.info.run_id)
-        return finished[0].info.run_id if finished else None
+        return kept[0].info.run_id if kept else None
 
     def start_run(self, experiment_id: str, name: str, parent: str | None = None,
                   tags: dict[str, str] | None = None) -> str:
@@ -295,6 +296,37 @@ def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, basel
         tracker.end_run(run, "FAILED")
         raise
     return TrialRecord(run, True)
+
+
+UNSCORED_STATUS = "aar.status"  # on a trial run that produced no score: failed | timeout | cancelled | refused | ...
+UNSCORED_REASON = "aar.reason"
+
+
+def record_unscored_trial(tracker: Tracker, experiment_id: str, trial_id: str, name: str, source: str, status: str,
+                          reason: str, parent: str | None = None, extra_tags: dict[str, str] | None = None) -> str | None:
+    """Record a trial that produced no score (its job failed, timed out, was cancelled or refused).
+
+    The run is terminated FAILED (KILLED when the harness stopped it), carries the status and the
+    reason as tags and the method's source as an artifact, so nothing a researcher submitted is
+    missing from MLflow. Idempotent per trial id.
+    """
+    from aar_ray.w2s.cache import content_key
+    from aar_ray.w2s.methods import source_hash
+
+    key = content_key("unscored-trial", experiment_id, trial_id)
+    end = "KILLED" if status in ("timeout", "cancelled") else "FAILED"
+    existing = tracker.find_run(experiment_id, key, keep=("FAILED", "KILLED"))
+    if existing:
+        return existing
+    tags = {LEVEL: "trial", CONTENT_KEY: key, "trial_id": trial_id, "method": name,
+            "method_source_hash": source_hash(source), UNSCORED_STATUS: status, UNSCORED_REASON: reason[:4000],
+            **provenance(), **(extra_tags or {})}
+    run = tracker.start_run(experiment_id, name, parent=parent, tags=tags)
+    try:
+        tracker.log_text(run, source, f"method/{name}.py")
+    finally:
+        tracker.end_run(run, end)
+    return run
 
 
 def log_generalization(tracker: Tracker, run_id: str, pgr_by_task: dict[str, dict[str, float]]) -> None:

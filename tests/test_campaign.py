@@ -90,7 +90,17 @@ def test_small_campaign_end_to_end_with_budget_stop(tmp_path):
     researcher_trials = [t for t in trials if "aar.baseline" not in t.data.tags]
     baselines = [t for t in trials if "aar.baseline" in t.data.tags]
     assert sorted(t.data.tags["aar.baseline"] for t in baselines) == ["confidence", "naive"]
-    assert len(researcher_trials) == 4  # the campaign budget, exactly
+    # the campaign budget, exactly: every submitted trial has a run, scored or not (a job that failed,
+    # timed out, or was cancelled after the grace period is a FAILED/KILLED run with its reason)
+    assert len(researcher_trials) == 4, [(t.data.tags.get("trial_id"), t.info.status) for t in researcher_trials]
+    unscored = [t for t in trials if tracking.UNSCORED_STATUS in t.data.tags]
+    assert all(t.info.status in ("FAILED", "KILLED") and t.data.tags[tracking.UNSCORED_REASON] for t in unscored)
+    if unscored:
+        print("unscored trials:", [(t.data.tags["trial_id"], t.data.tags[tracking.UNSCORED_STATUS],
+                                    t.data.tags[tracking.UNSCORED_REASON][:200]) for t in unscored])
+    researcher_trials = [t for t in researcher_trials if t not in unscored]
+    trials = [t for t in trials if t not in unscored]
+    assert researcher_trials, "no researcher trial was scored"
     rids = {r.info.run_id for r in researchers}
     assert all(t.data.tags[tracking.PARENT] in rids for t in researcher_trials)
     keys = [t.data.tags[tracking.CONTENT_KEY] for t in trials]
@@ -228,7 +238,8 @@ def test_ray_job_submit_on_a_loopback_head(tmp_path):
 @pytest.mark.slow
 def test_researcher_actor_killed_mid_campaign_restarts_from_its_state(tmp_path, monkeypatch):
     """Kill one researcher actor while it works: Ray restarts it, it resumes from the forum and
-    never resubmits a finished trial."""
+    never resubmits a finished trial. Then a trial whose method raises: the researcher reads the
+    error on the forum, and MLflow keeps a FAILED trial run with the reason (nothing submitted is lost)."""
     import sqlite3
 
     import ray
@@ -239,7 +250,9 @@ def test_researcher_actor_killed_mid_campaign_restarts_from_its_state(tmp_path, 
     for k, v in _env(tmp_path).items():
         if k.startswith(("AAR_", "HF_")):
             monkeypatch.setenv(k, v)
-    monkeypatch.setenv("AAR_TRACKING", "off")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("AAR_TRACKING", raising=False)
+    exp = tracking.MlflowTracker().experiment("aar-campaign/kill-actor")
     cfg = load_config(C.CampaignConfig, ROOT / "experiments/quick.yaml",
                       [*SMALL, "n_researchers=1", "researcher.trials=3", "budget.trials=3", "baselines=[naive]"])
     run_dir = tmp_path / "runs" / "kill-actor"
@@ -247,7 +260,7 @@ def test_researcher_actor_killed_mid_campaign_restarts_from_its_state(tmp_path, 
              runtime_env={"env_vars": C.worker_env()}, _temp_dir=f"/tmp/aar-ka-{os.getpid()}")
     try:
         scorer = ray.remote(num_cpus=0, max_concurrency=8)(C.ScorerActor).options(name="aar-scorer").remote(
-            cfg.w2s, cfg.scoring, None, {}, str(run_dir / "private" / "scorer.json"), (C.DRIVER,))
+            cfg.w2s, cfg.scoring, exp, {}, str(run_dir / "private" / "scorer.json"), (C.DRIVER,))
         forum = ray.remote(num_cpus=0, max_concurrency=16)(C.ForumActor).options(name="aar-forum").remote(
             str(run_dir / "forum.db"), len(cfg.scoring.seeds))
         service = ray.remote(num_cpus=0, max_concurrency=16)(C.TrialService).options(name="aar-trials").remote(
@@ -275,5 +288,24 @@ def test_researcher_actor_killed_mid_campaign_restarts_from_its_state(tmp_path, 
         assert set(scored) <= set(trials)  # finished trials stayed, none was submitted again
         events = [json.loads(l) for l in (run_dir / "transcripts" / "r0.jsonl").read_text().splitlines()]
         assert any(e["kind"] == "restored" for e in events)
+
+        broken = "def run(ctx):\n    raise ValueError('planted failure for the collector test')\n"
+        ray.get(service.submit.remote("r0-broken", "r0", broken, "quick", "broken"))
+        deadline = time.time() + 240
+        row = None
+        while time.time() < deadline and not row:
+            time.sleep(0.5)
+            with sqlite3.connect(db) as c:
+                row = c.execute("SELECT status, error FROM trials WHERE trial_id='r0-broken' AND status != 'queued'"
+                                ).fetchone()
+        assert row and row[0] == "failed" and "planted failure" in row[1], row
+        client = tracking.MlflowTracker().client
+        runs = client.search_runs([exp], "tags.trial_id = 'r0-broken'")
+        assert [r.info.status for r in runs] == ["FAILED"]
+        tags = runs[0].data.tags
+        assert (tags[tracking.LEVEL], tags["researcher"], tags[tracking.UNSCORED_STATUS]) == ("trial", "r0", "failed")
+        assert "ValueError: planted failure" in tags[tracking.UNSCORED_REASON]
+        scored_runs = client.search_runs([exp], "tags.`aar.level` = 'trial' and attributes.status = 'FINISHED'")
+        assert {r.data.tags["trial_id"] for r in scored_runs} >= set(scored)  # scored trials are recorded too
     finally:
         ray.shutdown()

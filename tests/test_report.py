@@ -34,6 +34,8 @@ BASELINES = [("naive", (0.1000, 0.0200), (0.1200, 0.0300)), ("confidence", (0.28
 RESEARCHERS = {"r0": {"tokens": 12345, "dollars": 0.4321, "gpu_seconds": 88.5, "trials": 3, "query_refusals": 1},
                "r1": {"tokens": 2000, "dollars": 0.0, "gpu_seconds": 12.0, "trials": 3}}
 NAIVE, BEST_HUMAN = 0.1200, 0.3000
+UNSCORED = [("r0-t4", "r0_slow", "timeout", "timed out after 90 s (limit set by the harness)"),
+            ("r0-t5", "r0_nan", "failed", "invalid predictions: 3 non-finite values | see log")]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,11 @@ def campaign(store):
     crashed = tr.start_run(exp, "r1_crashed", parent=rr["r1"], tags={tracking.LEVEL: "trial", "method": "r1_crashed",
                                                                      "researcher": "r1", "trial_id": "r1-t3"})
     tr.log_metrics(crashed, {"pgr_mean": 0.99, "pgr_std": 0.0, "val_pgr_mean": 0.99, "val_pgr_std": 0.0})
+    # trials whose jobs produced no score, recorded the way the campaign's collector does it
+    for tid, method, status, reason in UNSCORED:
+        for _ in range(2):  # recording twice (a resumed collector) must not duplicate the run
+            tracking.record_unscored_trial(tr, exp, tid, method, f"# {method}\n", status, reason, parent=rr["r0"],
+                                           extra_tags={"researcher": "r0", "fidelity": "quick"})
     for r in rr.values():
         tr.end_run(r)
     tr.end_run(camp)
@@ -140,12 +147,30 @@ def test_leaderboard_matches_mlflow_ranked_by_test_pgr(campaign):
     assert "r1_crashed" not in campaign["text"]
 
 
+def test_unscored_trials_are_recorded_once_and_listed_with_their_reason(campaign):
+    client = campaign["tracker"].client
+    exp = client.get_experiment_by_name(report.EXPERIMENT_PREFIX + CID).experiment_id
+    runs = client.search_runs([exp], f"tags.`{tracking.UNSCORED_STATUS}` != ''")
+    by_tid = {r.data.tags["trial_id"]: r for r in runs}
+    assert len(runs) == len(by_tid) == 2
+    assert by_tid["r0-t4"].info.status == "KILLED" and by_tid["r0-t5"].info.status == "FAILED"
+    assert by_tid["r0-t5"].data.tags[tracking.UNSCORED_REASON].startswith("invalid predictions")
+    assert by_tid["r0-t4"].data.tags[tracking.PARENT] is not None
+    assert [a.path for a in client.list_artifacts(by_tid["r0-t4"].info.run_id, "method")] == ["method/r0_slow.py"]
+    rows = _table(campaign["text"], "Not scored")
+    assert [(r["method"], r["researcher"], r["trial"], r["status"]) for r in rows] == [
+        ("r0_slow", "r0", "r0-t4", "timeout"), ("r0_nan", "r0", "r0-t5", "failed")]
+    assert rows[1]["reason"] == "invalid predictions: 3 non-finite values \\| see log"  # a pipe is escaped
+    assert "r0_slow" not in campaign["text"].split("## Leaderboard", 1)[1].split("## PGR over time", 1)[0]
+
+
 def test_header_generalization_and_spend(campaign):
     text = campaign["text"]
     assert text.startswith(f"# Campaign report: {CID}\n")
     assert "- **preset:** quick" in text
     assert "- **researchers:** r0 (offline), r1 (offline)" in text
-    assert "- **trials:** 6 researcher + 3 baseline (budget 12); 1 unfinished not shown" in text
+    assert ("- **trials:** 6 researcher + 3 baseline (budget 12); 2 not scored (listed below); "
+            "1 unfinished not shown") in text
     assert "- **seed runs:** 18" in text
     assert "- **wall time:** 1h 02m 05s" in text
     assert f"- **naive test PGR:** {NAIVE:.4f}" in text

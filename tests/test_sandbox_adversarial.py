@@ -207,7 +207,9 @@ def test_precheck_rejects_planted_methods_with_a_readable_reason(tmp_path):
     benign = {"return_nan.py", "wrong_shape.py", "sleep_past_timeout.py", "infinite_loop.py", "memory_bomb.py",
               "memory_touch_bomb.py", "fill_disk.py", "write_outside_scratch.py"}
     values = {"LABEL_PATH": "/var/lib/aar-scorer/labels.pt", "HARNESS_PID": 4242, "SECRET": "s", "TCP_PORT": 1,
-              "UDP_PORT": 2, "UNIX_SOCK": "/run/x.sock", "HOST_DIR": "/tmp/x", "PKG_DIR": str(PKG), "MARKER": "/tmp/m"}
+              "UDP_PORT": 2, "UNIX_SOCK": "/run/x.sock", "HOST_DIR": "/tmp/x", "MARKER": "/tmp/m",
+              # wherever the checkout lives (CI clones outside every well-known prefix)
+              "PKG_DIR": "/checkout/src/aar_ray"}
     for p in support.planted():
         findings = check(support.render(p, tmp_path, values).read_text())
         if p.name in benign:

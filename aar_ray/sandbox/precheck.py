@@ -28,6 +28,7 @@ BUILTIN_CALLS = {"eval": "evaluates strings as code", "exec": "executes strings 
                  "breakpoint": "starts a debugger"}
 DUNDERS = {"__subclasses__", "__globals__", "__builtins__", "__code__", "__reduce__", "__reduce_ex__", "__loader__",
            "__self__", "f_back", "f_globals", "gi_frame", "tb_frame"}
+LOCATORS = {"__file__", "__path__", "__spec__", "__cached__"}  # where a module's source lives on the host
 PATH_PREFIXES = ("/proc", "/sys", "/etc", "/root", "/home", "/var", "/run", "/dev", "/usr", "/work", "/opt", "/srv",
                  "/mnt", "/media")
 
@@ -53,6 +54,9 @@ def check(source: str, filename: str = "method.py") -> list[str]:
         elif isinstance(node, ast.Attribute):
             if node.attr in DUNDERS:
                 out.append(f"line {line}: uses {node.attr}, an interpreter-internals escape hatch")
+            elif node.attr in LOCATORS:
+                out.append(f"line {line}: reads {node.attr}, which locates installed source files; methods may not "
+                           "read or rewrite the harness or its libraries")
             elif node.attr in OS_CALLS and isinstance(node.value, ast.Name) and node.value.id == "os":
                 out.append(f"line {line}: calls os.{node.attr}, which starts, signals or changes processes")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in BUILTIN_CALLS:
