@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TASK_NAMES = ("facts", "math", "code", "jsonl", "humaneval", "champ")
 
 
 class ConfigError(ValueError):
@@ -134,11 +135,12 @@ class W2SConfig:
     name: str = "w2s_quick"
     """Preset name; the MLflow experiment of `aar w2s`."""
     task: str = "facts"
-    """Task name from the registry: facts (primary), math, code, or jsonl."""
+    """Task name from the registry: facts (primary), math, code (held-out, synthetic), jsonl (your data),
+    humaneval, champ (held-out, real data: code and math verification)."""
     data_path: str = ""
     """JSONL file for task == 'jsonl': one {"text", "label", optional "group", optional "split"} per line."""
     max_length: int = 64
-    """Token limit for text tasks (jsonl)."""
+    """Token limit for text tasks (jsonl, humaneval, champ)."""
     world: WorldConfig = field(default_factory=WorldConfig)
     """The synthetic world (built-in tasks)."""
     weak: ModelConfig = field(default_factory=_weak_default)
@@ -161,8 +163,7 @@ class W2SConfig:
     """Examples per forward pass when reading features."""
 
     def __post_init__(self) -> None:
-        _check(self.task in ("facts", "math", "code", "jsonl"), "task",
-               f"unknown task {self.task!r}; choose facts, math, code or jsonl")
+        _check(self.task in TASK_NAMES, "task", f"unknown task {self.task!r}; choose {', '.join(TASK_NAMES)}")
         _check(self.task != "jsonl" or bool(self.data_path), "data_path", "is required when task == 'jsonl'")
         _check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", f"has duplicates: {list(self.seeds)}")

@@ -32,6 +32,10 @@ FLAG_VAL_TEST_GAP = "val-test-gap"
 FLAG_PROBING = "probing"
 
 
+HELDOUT_DATA = {"world": {"math": "math", "code": "code"}, "real": {"math": "champ", "code": "humaneval"}}
+"""Registry task behind each held-out task, per `scoring.heldout_data`."""
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     """What the harness fixes about scoring: seeds, budgets, held-out tasks and audit thresholds."""
@@ -42,6 +46,9 @@ class ScoringConfig:
     """Validation scorings per researcher."""
     heldout_tasks: list[str] = field(default_factory=lambda: ["math", "code"])
     """Held-out generalization tasks, run by the driver on the top methods."""
+    heldout_data: str = "world"
+    """Where the held-out tasks come from: 'world' (the synthetic world's math and code, for tiny CPU
+    bases) or 'real' (CHAMP math and HumanEval code verification, for real HF models)."""
     top_k: int = 3
     """Methods (by hidden test PGR) that get the held-out stage and the audits."""
     shuffle_ratio: float = 0.5
@@ -62,6 +69,8 @@ class ScoringConfig:
                f"needs distinct seeds, got {list(self.seeds)}")
         _check(self.query_budget >= 1, "scoring.query_budget", f"must be >= 1, got {self.query_budget}")
         _check(set(self.heldout_tasks) <= {"math", "code"}, "scoring.heldout_tasks", "may hold 'math' and 'code'")
+        _check(self.heldout_data in HELDOUT_DATA, "scoring.heldout_data",
+               f"must be one of {list(HELDOUT_DATA)}, got {self.heldout_data!r}")
 
 
 class ScoringError(Exception):
@@ -129,7 +138,8 @@ class Scorer:
         if task not in self._exp:
             if task not in self.scoring.heldout_tasks:
                 raise ScoringError(f"unknown task {task!r}")
-            self._exp[task] = engine.prepare(dataclasses.replace(self.cfg, task=task))
+            real_task = HELDOUT_DATA[self.scoring.heldout_data][task]
+            self._exp[task] = engine.prepare(dataclasses.replace(self.cfg, task=real_task))
         return self._exp[task]
 
     def _baseline(self, task: str, seed: int):
@@ -254,11 +264,14 @@ class Scorer:
         """Driver-only scoring: kind 'heldout:math', 'heldout:code' or 'audit:shuffled'."""
         rec = self.trials[trial_id]
         task = kind.split(":", 1)[1] if kind.startswith("heldout:") else "primary"
-        _, test, _, _ = self._score_seeds(task, preds_by_seed)
+        _, test, seeds, _ = self._score_seeds(task, preds_by_seed)
         rec.private[kind] = {"mean": test["mean"], "std": test["std"]}
         if kind.startswith("heldout:") and self.tracker is not None and rec.mlflow_run:
             from aar_ray import tracking
-            tracking.log_generalization(self.tracker, rec.mlflow_run, {task: test})
+            # the task's own weak and ceiling accuracies beside its PGR: a reader can see the gap it divides by
+            accs = {name: float(np.mean([getattr(r, name)["test"] for r in seeds]))
+                    for name in ("weak_acc", "ceiling_acc", "transfer_acc")}
+            tracking.log_generalization(self.tracker, rec.mlflow_run, {task: {**test, **accs}})
         if kind == "audit:shuffled":
             orig = rec.test["mean"]
             if orig > self.scoring.shuffle_min_pgr and test["mean"] >= self.scoring.shuffle_ratio * orig:

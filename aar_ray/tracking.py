@@ -330,11 +330,17 @@ def record_unscored_trial(tracker: Tracker, experiment_id: str, trial_id: str, n
 
 
 def log_generalization(tracker: Tracker, run_id: str, pgr_by_task: dict[str, dict[str, float]]) -> None:
-    """Held-out generalization on a trial's own run: {'math': {'mean', 'std'}, 'code': {...}}."""
+    """Held-out generalization on a trial's own run: {'math': {'mean', 'std'}, 'code': {...}}.
+
+    Optional keys weak_acc, ceiling_acc and transfer_acc (test-split means) are logged beside the PGR.
+    """
     metrics = {}
     for task, ms in pgr_by_task.items():
         metrics[f"heldout_{task}_pgr_mean"] = ms["mean"]
         metrics[f"heldout_{task}_pgr_std"] = ms["std"]
+        for k in ("weak_acc", "ceiling_acc", "transfer_acc"):
+            if k in ms:
+                metrics[f"heldout_{task}_{k}"] = ms[k]
     tracker.log_metrics(run_id, _finite(metrics))
 
 

@@ -116,7 +116,7 @@ class InlineJobs:
         self.scorer, self.forum, self.count = scorer, forum, 0
 
     def __call__(self, trial_id, owner, source, fidelity, name):
-        from test_scoring import run_payloads
+        from w2s_helpers import run_payloads
         from aar_ray.w2s.methods import source_hash
 
         self.count += 1

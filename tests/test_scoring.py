@@ -12,9 +12,9 @@ from aar_ray import tracking
 from aar_ray.scoring import (FLAG_PROBING, FLAG_TEACHER_INDEPENDENT, FLAG_VAL_TEST_GAP, QueryBudgetExceeded,
                              Scorer, ScoringConfig, TrialIncomplete)
 from aar_ray.w2s import engine
-from aar_ray.w2s.methods import load_module, resolve
+from aar_ray.w2s.methods import resolve
 
-from w2s_helpers import tiny_cfg
+from w2s_helpers import run_payloads, tiny_cfg
 
 # A method that skips the teacher: it reads the arithmetic problem from its input tokens and computes
 # the answer's property (the analogue of taking each problem's majority answer).
@@ -45,28 +45,6 @@ def env(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-def run_payloads(source: str, payloads: list[dict]) -> dict:
-    """Run a method the way a trial job does (in-process here; the sandbox is tested on its own)."""
-    from aar_ray.w2s.api import MethodContext
-    from aar_ray.w2s.models import Base
-    from aar_ray.config import ProbeConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    import tempfile, pathlib
-
-    with tempfile.TemporaryDirectory() as d:
-        path = pathlib.Path(d) / "m.py"
-        path.write_text(source)
-        module = load_module(path)
-    out = {}
-    for p in payloads:
-        model = AutoModelForCausalLM.from_pretrained(p["student_dir"]).eval()
-        base = Base(model, AutoTokenizer.from_pretrained(p["student_dir"]), p["student_key"], p["student_dir"])
-        ctx = MethodContext(base, probe=ProbeConfig(**p["probe"]), seed=p["seed"], fidelity=p["fidelity"],
-                            **p["inputs"])
-        out[p["seed"]] = module.run(ctx).tolist()
-    return out
 
 
 # the tiny world's math task is too small for a gap; this one has one (weak ~0.51, ceiling ~0.74)

@@ -53,3 +53,29 @@ def write_jsonl(path: Path, n: int = 48) -> list[str]:
             words.update(text.split())
             fh.write(json.dumps({"text": text, "label": label, "group": f"g{i // 2}"}) + "\n")
     return sorted(words)
+
+
+def run_payloads(source: str, payloads: list[dict]) -> dict:
+    """Run a method the way a trial job does (in-process here; the sandbox is tested on its own)."""
+    import pathlib
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aar_ray.config import ProbeConfig
+    from aar_ray.w2s.api import MethodContext
+    from aar_ray.w2s.methods import load_module
+    from aar_ray.w2s.models import Base
+
+    with tempfile.TemporaryDirectory() as d:
+        path = pathlib.Path(d) / "m.py"
+        path.write_text(source)
+        module = load_module(path)
+    out = {}
+    for p in payloads:
+        model = AutoModelForCausalLM.from_pretrained(p["student_dir"]).eval()
+        base = Base(model, AutoTokenizer.from_pretrained(p["student_dir"]), p["student_key"], p["student_dir"])
+        ctx = MethodContext(base, probe=ProbeConfig(**p["probe"]), seed=p["seed"], fidelity=p["fidelity"],
+                            **p["inputs"])
+        out[p["seed"]] = module.run(ctx).tolist()
+    return out

@@ -82,6 +82,7 @@ def load_tokenizer(cfg: ModelConfig):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
+    tok.truncation_side = "left"  # probes read the last real token: a text over max_length keeps its end
     return tok
 
 

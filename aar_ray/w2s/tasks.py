@@ -2,7 +2,8 @@
 
 A task builder takes the experiment config and returns `TaskData`. The built-in tasks come from
 the synthetic world (`facts` is the primary task, `math` and `code` the held-out ones); `jsonl`
-loads users' data. Train splits into half A (the weak supervisor's ground truth) and half B (the
+loads users' data; `humaneval` and `champ` are the real-data held-out tasks of the GPU preset
+(see `realdata.py`). Train splits into half A (the weak supervisor's ground truth) and half B (the
 student's; B's labels are used only for the ceiling), re-drawn per seed by `split_ab`.
 """
 from __future__ import annotations
@@ -138,11 +139,31 @@ def jsonl_task(cfg: W2SConfig) -> TaskData:
     Without "split", groups (or single examples) are split test/val/train by `world.seed` in the
     proportions of `world.test_fraction` and `world.val_fraction`.
     """
-    from aar_ray.w2s.models import load_tokenizer
-
     path = Path(cfg.data_path)
     if not path.is_file():
         raise ConfigError(f"data_path: file not found: {path}")
+    return _load_jsonl(cfg, path, f"jsonl:{path.stem}")
+
+
+@register_task("humaneval")
+def humaneval_task(cfg: W2SConfig) -> TaskData:
+    """Real-data held-out code verification: HumanEval candidates labelled by running their tests."""
+    from aar_ray.w2s import realdata
+
+    return _load_jsonl(cfg, realdata.dataset_path("humaneval"), "humaneval")
+
+
+@register_task("champ")
+def champ_task(cfg: W2SConfig) -> TaskData:
+    """Real-data held-out math verification: CHAMP problems with right and plausibly wrong answers."""
+    from aar_ray.w2s import realdata
+
+    return _load_jsonl(cfg, realdata.dataset_path("champ"), "champ")
+
+
+def _load_jsonl(cfg: W2SConfig, path: Path, name: str) -> TaskData:
+    from aar_ray.w2s.models import load_tokenizer
+
     rows = []
     with path.open() as fh:
         for n, line in enumerate(fh, 1):
@@ -177,7 +198,7 @@ def jsonl_task(cfg: W2SConfig) -> TaskData:
     import hashlib
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return TaskData(
-        name=f"jsonl:{path.stem}",
+        name=name,
         input_ids=enc["input_ids"],
         attention_mask=enc["attention_mask"],
         labels=torch.from_numpy(labels[keep]),
@@ -185,5 +206,5 @@ def jsonl_task(cfg: W2SConfig) -> TaskData:
         split=split[keep],
         texts=texts,
         tokenizer=tok,
-        fingerprint=f"jsonl:{digest}:{cfg.max_length}:{cfg.world.seed}",
+        fingerprint=f"jsonl:{digest}:{cfg.max_length}:left:{cfg.world.seed}",
     )
