@@ -230,8 +230,13 @@ def down(root: Path) -> None:
     state = ClusterState.load(root)
     if state is not None:
         stop_groups([node.pgid for node in state.nodes])
-    for pid in _pids_mentioning(str(root) + "/"):
-        _kill_pid(pid)
+    # SIGKILLed processes take a moment to go, and a raylet may have forked a worker just before it
+    # died: sweep until none is left (bounded), so `down` returns with the machine clean
+    deadline = time.monotonic() + 15.0
+    while (left := _pids_mentioning(str(root) + "/")) and time.monotonic() < deadline:
+        for pid in left:
+            _kill_pid(pid)
+        time.sleep(0.2)
     if state is not None:
         for node in state.nodes:
             shutil.rmtree(Path(root) / node.name, ignore_errors=True)

@@ -30,8 +30,20 @@ SMALL = [f"w2s.{o}" for o in TINY if not o.startswith(("seeds", "torch_threads")
 ]
 
 
+_CACHE: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One base/baseline cache for this module: every campaign here pretrains the same SMALL bases
+    (content-keyed, built atomically), so only the first test pays for it."""
+    _CACHE["dir"] = tmp_path_factory.mktemp("campaign-cache")
+    yield _CACHE["dir"]
+    _CACHE.clear()
+
+
 def _env(tmp: Path, **extra) -> dict:
-    env = {**os.environ, "AAR_CACHE_DIR": str(tmp / "cache"), "AAR_RUNS_DIR": str(tmp / "runs"),
+    env = {**os.environ, "AAR_CACHE_DIR": str(_CACHE.get("dir", tmp / "cache")), "AAR_RUNS_DIR": str(tmp / "runs"),
            "AAR_MLFLOW_DIR": str(tmp / "mlflow"), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "",
            "PYTHONUNBUFFERED": "1", **extra}
     env.pop("MLFLOW_TRACKING_URI", None)
