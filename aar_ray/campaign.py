@@ -585,7 +585,8 @@ def _heldout_and_audits(cfg: CampaignConfig, scorer, service, forum, progress: P
         for kind, kw in jobs:
             if kind in r["private"]:  # done before an interruption
                 continue
-            progress.update([], ray.get(service.snapshot.remote()), {}, time.time() - t_start,
+            research = [t for t in ray.get(forum.trials.remote()) if t["researcher"] != DRIVER]
+            progress.update(research, ray.get(service.snapshot.remote()), {}, time.time() - t_start,
                             f"held-out/audits {i + 1}/{len(top)}")
             payloads = ray.get(scorer.payloads.remote("full", **kw))
             out = ray.get(service.run_private.remote(f"{r['trial_id']}:{kind}", src, payloads))
