@@ -312,12 +312,14 @@ def _plan(h: Host, lim: SandboxLimits, trial: Path, student: str, timeout_s: flo
         for link in ("/lib", "/lib64", "/lib32"):
             if os.path.islink(link):
                 argv += ["--symlink", os.readlink(link), link]
-        for k, src in sources.items():
-            argv += ["--ro-bind", src, inside[k]]
         argv += ["--dev", "/dev", "--proc", "/proc",
                  "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/aar/scratch",
                  "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/tmp",
                  "--perms", "1777", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/dev/shm"]
+        # after the tmpfs mounts: an interpreter or venv that lives under /tmp (a checkout in /tmp) stays
+        # visible, read-only, inside the fresh /tmp
+        for k, src in sources.items():
+            argv += ["--ro-bind", src, inside[k]]
         for d in lim.devices:
             argv += ["--dev-bind", d, d]
         for k, v in _child_env(threads, "/aar/scratch").items():
