@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "trial":  # its own parser: any arguments, and always a JSON last line with --json
-        from aar_ray.sandbox_cli import trial_main
+        from aar_ray.sandbox.cli import trial_main
 
         return trial_main(argv[1:])
     args = build_parser().parse_args(argv)

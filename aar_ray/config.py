@@ -1,21 +1,25 @@
-"""Typed configuration: frozen dataclasses validated by OmegaConf, loaded from YAML presets.
+"""Typed configuration: every knob of aar_ray, as frozen dataclasses validated by OmegaConf.
 
-This module is the single source of defaults. Core code receives dataclass instances
-(`OmegaConf.to_object`), never a DictConfig. A bad key or value raises `ConfigError`
-naming the key.
+This module is the single source of defaults, and the one place a user reads every setting:
+  W2SConfig (the weak-to-strong problem: WorldConfig, ModelConfig, ProbeConfig) for `aar w2s`;
+  CampaignConfig for `aar campaign`, which embeds a W2SConfig and ScoringConfig, ResearcherBudget,
+  CampaignBudget, TrialSettings, PoolConfig, ClaudeConfig and RayConnect.
+Presets in experiments/ override them; dotlist overrides (`key=value`) override presets. Core code
+receives dataclass instances (`OmegaConf.to_object`), never a DictConfig. A bad key or value raises
+`ConfigError` naming the key. Names of tasks, methods and research directions are checked against
+their registries (imported lazily, so loading a config stays cheap).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Dict, Optional, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TASK_NAMES = ("facts", "math", "code", "jsonl", "humaneval", "champ")
 
 
 class ConfigError(ValueError):
@@ -25,6 +29,27 @@ class ConfigError(ValueError):
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
+
+
+def task_names() -> list[str]:
+    """Registered task names (`aar_ray.w2s.tasks.TASKS`), the one list of them."""
+    from aar_ray.w2s.tasks import TASKS
+
+    return sorted(TASKS)
+
+
+def builtin_methods() -> list[str]:
+    """Built-in method names (one file each in `aar_ray/w2s/methods/`), the one list of them."""
+    from aar_ray.w2s.methods import BUILTINS
+
+    return list(BUILTINS)
+
+
+def research_directions() -> list[str]:
+    """Research directions the offline brain knows (`aar_ray.agents.offline.DIRECTION_KEYS`)."""
+    from aar_ray.agents.offline import DIRECTION_KEYS
+
+    return list(DIRECTION_KEYS)
 
 
 @dataclass(frozen=True)
@@ -153,7 +178,7 @@ class W2SConfig:
     """The baseline recipe."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds; each re-draws the A/B split and all training randomness."""
-    methods: list[str] = field(default_factory=lambda: ["naive", "confidence", "confident_only", "label_smoothing", "bootstrap"])
+    methods: list[str] = field(default_factory=lambda: builtin_methods())
     """Methods: built-in names or paths to method files."""
     fidelity: str = "full"
     """'quick' (fewer steps, for exploration) or 'full'."""
@@ -165,7 +190,8 @@ class W2SConfig:
     """Examples per forward pass when reading features."""
 
     def __post_init__(self) -> None:
-        _check(self.task in TASK_NAMES, "task", f"unknown task {self.task!r}; choose {', '.join(TASK_NAMES)}")
+        tasks = task_names()
+        _check(self.task in tasks, "task", f"unknown task {self.task!r}; choose {', '.join(tasks)}")
         _check(self.task != "jsonl" or bool(self.data_path), "data_path", "is required when task == 'jsonl'")
         _check(len(self.seeds) >= 1, "seeds", "needs at least one seed")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", f"has duplicates: {list(self.seeds)}")
@@ -174,16 +200,338 @@ class W2SConfig:
         _check(self.device in ("auto", "cpu", "cuda"), "device", f"must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Campaigns: `aar campaign experiments/<preset>.yaml`
+# ---------------------------------------------------------------------------------------------
+
+HELDOUT_DATA = {"world": {"math": "math", "code": "code"}, "real": {"math": "champ", "code": "humaneval"}}
+"""Registry task behind each held-out task, per `scoring.heldout_data`."""
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """What the harness fixes about scoring: seeds, budgets, held-out tasks and audit thresholds."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds every trial runs on, chosen by the harness (3 on CPU presets, 5 on GPU presets)."""
+    query_budget: int = 40
+    """Validation scorings per researcher."""
+    heldout_tasks: list[str] = field(default_factory=lambda: ["math", "code"])
+    """Held-out generalization tasks, run by the driver on the top methods."""
+    heldout_data: str = "world"
+    """Where the held-out tasks come from: 'world' (the synthetic world's math and code, for tiny CPU
+    bases) or 'real' (CHAMP math and HumanEval code verification, for real HF models)."""
+    top_k: int = 3
+    """Methods (by hidden test PGR) that get the held-out stage and the audits."""
+    shuffle_ratio: float = 0.5
+    """Flag teacher-independent when PGR with shuffled weak labels stays >= this share of the original."""
+    shuffle_min_pgr: float = 0.1
+    """Only audit shuffling for methods whose PGR exceeds this (half of ~0 is noise)."""
+    gap_sigmas: float = 3.0
+    """Flag val-test gap when (val - test) PGR exceeds the naive reference's by this many seed-stds..."""
+    gap_floor: float = 0.1
+    """...and by at least this much PGR."""
+    probe_max_diff: float = 0.02
+    """Two submissions whose val predictions differ on at most this share of val examples are near-duplicates."""
+    probe_min_pairs: int = 3
+    """A researcher with this many near-duplicate submissions is flagged as probing."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "scoring.seeds",
+               f"needs distinct seeds, got {list(self.seeds)}")
+        _check(self.query_budget >= 1, "scoring.query_budget", f"must be >= 1, got {self.query_budget}")
+        _check(set(self.heldout_tasks) <= {"math", "code"}, "scoring.heldout_tasks", "may hold 'math' and 'code'")
+        _check(self.heldout_data in HELDOUT_DATA, "scoring.heldout_data",
+               f"must be one of {list(HELDOUT_DATA)}, got {self.heldout_data!r}")
+        _check(self.top_k >= 1, "scoring.top_k", f"must be >= 1, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class ResearcherBudget:
+    """Hard limits on one researcher, enforced by the harness (both brains; tokens and dollars bind
+    the Claude brain, whose every call is priced)."""
+
+    trials: int = 8
+    """Trials it may submit."""
+    gpu_seconds: float = 1e9
+    """GPU-seconds its jobs may use (from the pool's accounting)."""
+    tokens: int = 2_000_000
+    """LLM tokens: input + output + cache writes + cache reads."""
+    dollars: float = 5.0
+    """LLM dollars, priced with `claude.prices`."""
+    steps: int = 200
+    """Brain steps (one act() each)."""
+    idle_wait_s: float = 15.0
+    """Longest a step waits for an in-flight trial to finish when the brain asked nothing new."""
+
+    def __post_init__(self) -> None:
+        _check(self.trials >= 1, "researcher.trials", f"must be >= 1, got {self.trials}")
+        _check(self.tokens > 0, "researcher.tokens", f"must be > 0, got {self.tokens}")
+        _check(self.dollars > 0, "researcher.dollars", f"must be > 0, got {self.dollars}")
+        _check(self.steps >= 1, "researcher.steps", f"must be >= 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class CampaignBudget:
+    """Campaign-wide hard limits; when one runs out the campaign winds down and still reports."""
+
+    trials: int = 24
+    """Researcher trials in all."""
+    gpu_seconds: float = 1e12
+    """GPU-seconds of all researchers' jobs."""
+    dollars: float = 50.0
+    """LLM dollars of all researchers."""
+    deadline_s: float = 600.0
+    """Wall-clock seconds of research (the held-out stage and report come after)."""
+    grace_s: float = 120.0
+    """How long running trials may finish after the stop before they are cancelled."""
+
+    def __post_init__(self) -> None:
+        _check(self.trials >= 1, "budget.trials", f"must be >= 1, got {self.trials}")
+        _check(self.deadline_s > 0, "budget.deadline_s", f"must be > 0, got {self.deadline_s}")
+        _check(self.grace_s >= 0, "budget.grace_s", f"must be >= 0, got {self.grace_s}")
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """How trial jobs run: resources and limits enforced by the harness."""
+
+    num_gpus: float = 0.0
+    """GPUs per trial job (fractional allowed); 0 on CPU presets."""
+    num_cpus: float = 1.0
+    """CPUs reserved per trial job."""
+    timeout_s: float = 1800.0
+    """Wall-clock limit of a whole trial job (the pool kills it after); >= seed_timeout_s x seeds."""
+    seed_timeout_s: float = 300.0
+    """Wall-clock budget per seed: one sandboxed child runs all seeds under seed_timeout_s x seeds."""
+    max_retries: int = 1
+    """Re-runs when the worker or node dies."""
+    memory_mb: int = 8192
+    """Sandbox address-space limit per process."""
+    threads: int = 1
+    """torch threads inside the sandbox."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_gpus >= 0 and (self.num_gpus < 1 or float(self.num_gpus).is_integer()), "trial.num_gpus",
+               f"must be a fraction below 1 or a whole number, got {self.num_gpus}")
+        _check(self.num_cpus >= 0, "trial.num_cpus", f"must be >= 0, got {self.num_cpus}")
+        _check(self.seed_timeout_s > 0, "trial.seed_timeout_s", f"must be > 0, got {self.seed_timeout_s}")
+        _check(self.timeout_s > 0, "trial.timeout_s", f"must be > 0, got {self.timeout_s}")
+        _check(self.max_retries >= 0, "trial.max_retries", f"must be >= 0, got {self.max_retries}")
+        _check(self.memory_mb >= 256, "trial.memory_mb", f"must be >= 256, got {self.memory_mb}")
+        _check(self.threads >= 1, "trial.threads", f"must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Policy knobs of the task pool (`aar_ray.pool.TaskPool`)."""
+
+    max_in_flight: int = 64
+    """Jobs handed to Ray at once (running plus starting); the rest wait in the pool's queue."""
+    weights: Dict[str, float] = field(default_factory=dict)
+    """Fair-share weight per owner (default 1): an owner with weight 2 is due twice the GPU-seconds."""
+    quota_gpu_s: Dict[str, float] = field(default_factory=dict)
+    """GPU-second quota per owner; owners not listed get default_quota_gpu_s."""
+    default_quota_gpu_s: Optional[float] = None
+    """Quota for owners not in quota_gpu_s; None means unlimited."""
+    tick_s: float = 0.02
+    """Longest the dispatcher blocks in ray.wait before re-checking timeouts and new submissions."""
+    idle_worker_ttl_s: float = 60.0
+    """A GPU worker actor idle this long is stopped, releasing its GPU reservation to plain Ray."""
+    worker_start_timeout_s: float = 120.0
+    """A GPU worker actor that is not up by then is abandoned and its job counted as an attempt."""
+    capacity_refresh_s: float = 0.5
+    """How often the dispatcher re-reads cluster GPUs and live nodes (they change when nodes die)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_in_flight >= 1, "pool.max_in_flight", f"must be >= 1, got {self.max_in_flight}")
+        _check(all(w > 0 for w in self.weights.values()), "pool.weights", f"must be positive, got {self.weights}")
+        _check(self.tick_s > 0, "pool.tick_s", f"must be > 0, got {self.tick_s}")
+
+    def quota_for(self, owner: str) -> Optional[float]:
+        return self.quota_gpu_s.get(owner, self.default_quota_gpu_s)
+
+    def weight_for(self, owner: str) -> float:
+        return self.weights.get(owner, 1.0)
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """List prices of one model in US$ per million tokens."""
+
+    input: float
+    """Uncached input tokens."""
+    output: float
+    """Output tokens (thinking included)."""
+    cache_write: float
+    """Input tokens written to the prompt cache (5-minute entries: 1.25 x input)."""
+    cache_read: float
+    """Input tokens read from the prompt cache (0.1 x input)."""
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cache_write", "cache_read"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and v >= 0, f"prices.{name}", f"must be a number >= 0, got {v!r}")
+
+
+def _default_prices() -> Dict[str, ModelPrice]:
+    # Anthropic's list prices (platform.claude.com model pages), US$ per MTok.
+    return {
+        "claude-sonnet-5-5": ModelPrice(input=2.0, output=10.0, cache_write=2.5, cache_read=0.2),
+        "claude-sonnet-5": ModelPrice(input=2.0, output=10.0, cache_write=2.5, cache_read=0.2),
+        "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+        "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+        "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
+    }
+
+
+@dataclass(frozen=True)
+class ClaudeConfig:
+    """How a Claude researcher calls the Messages API. What it may spend is `researcher.dollars` and
+    `researcher.tokens` (one cap each)."""
+
+    model: str = "claude-sonnet-5-5"
+    """Claude model id; must have an entry in `prices`."""
+    max_tokens: int = 16000
+    """Output-token limit of one reply (thinking included); a method's source must fit in it."""
+    temperature: Optional[float] = None
+    """Sampling temperature for models that accept one; None sends none (Claude Sonnet 5 and later reject it)."""
+    timeout_s: float = 300.0
+    """Per-request timeout in seconds."""
+    max_retries: int = 6
+    """Retries after a 429, 5xx, 529, connection error or timeout before giving up (BrainError)."""
+    backoff_base_s: float = 2.0
+    """First retry's backoff; it doubles per retry, with seeded jitter in [50%, 100%]."""
+    backoff_max_s: float = 60.0
+    """Cap on one exponential backoff."""
+    retry_after_max_s: float = 120.0
+    """Cap on a server's `retry-after`, which replaces the exponential backoff when present."""
+    max_context_turns: int = 40
+    """Assistant turns kept in the conversation before old ones are condensed into the summary."""
+    max_context_tokens: int = 150_000
+    """Estimated context size (characters / 4) that also triggers condensing."""
+    keep_recent_turns: int = 8
+    """Assistant turns kept verbatim when condensing."""
+    max_result_chars: int = 20_000
+    """A tool result longer than this is truncated before it is sent."""
+    summary_max_chars: int = 8_000
+    """The running summary keeps its newest lines within this many characters."""
+    prices: Dict[str, ModelPrice] = field(default_factory=_default_prices)
+    """US$ per million tokens, by model id."""
+    mlflow_autolog: bool = False
+    """Trace every call to MLflow (`mlflow.anthropic.autolog`) so the MLflow UI shows it."""
+    mlflow_experiment: str = "claude-traces"
+    """MLflow experiment that receives the traces (e.g. the campaign's)."""
+
+    def __post_init__(self) -> None:
+        _check(self.model in self.prices, "claude.model", f"{self.model!r} has no entry in claude.prices "
+               f"(priced: {', '.join(sorted(self.prices))})")
+        _check(self.max_tokens >= 1, "claude.max_tokens", f"must be >= 1, got {self.max_tokens}")
+        _check(self.temperature is None or 0.0 <= self.temperature <= 1.0, "claude.temperature",
+               f"must be None or in [0, 1], got {self.temperature}")
+        _check(self.timeout_s > 0, "claude.timeout_s", f"must be > 0, got {self.timeout_s}")
+        _check(self.max_retries >= 0, "claude.max_retries", f"must be >= 0, got {self.max_retries}")
+        _check(0 <= self.backoff_base_s <= self.backoff_max_s, "claude.backoff_base_s",
+               f"must be in [0, backoff_max_s={self.backoff_max_s}], got {self.backoff_base_s}")
+        _check(self.retry_after_max_s >= 0, "claude.retry_after_max_s", f"must be >= 0, got {self.retry_after_max_s}")
+        _check(1 <= self.keep_recent_turns < self.max_context_turns, "claude.keep_recent_turns",
+               f"must be in [1, max_context_turns={self.max_context_turns}), got {self.keep_recent_turns}")
+        _check(self.max_context_tokens >= 1000, "claude.max_context_tokens",
+               f"must be >= 1000, got {self.max_context_tokens}")
+        _check(self.max_result_chars >= 100, "claude.max_result_chars", f"must be >= 100, got {self.max_result_chars}")
+        _check(bool(self.mlflow_experiment), "claude.mlflow_experiment", "must be non-empty")
+        _check(self.summary_max_chars >= 200, "claude.summary_max_chars", f"must be >= 200, got {self.summary_max_chars}")
+
+
+@dataclass(frozen=True)
+class RayConnect:
+    """How the driver reaches Ray."""
+
+    address: str = ""
+    """Ray address; empty: RAY_ADDRESS if set, else start a local Ray."""
+    num_cpus: int = 0
+    """CPUs of a local Ray (0: all)."""
+    num_gpus: int = 0
+    """GPUs of a local Ray (0: what torch sees); on a CPU box these are logical GPUs, for GPU-aware scheduling."""
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """A campaign: researchers, their brains and directions, the W2S problem, budgets and resources."""
+
+    name: str = "quick"
+    """Preset name."""
+    campaign_id: str = ""
+    """Campaign id; empty: a new one. Rerun with the same id to resume."""
+    brain: str = "offline"
+    """'offline', 'claude' (needs ANTHROPIC_API_KEY) or 'auto' (Claude when the key is set)."""
+    n_researchers: int = 3
+    """Researcher actors."""
+    directions: list[str] = field(default_factory=lambda: research_directions())
+    """Research directions, assigned round-robin."""
+    w2s: W2SConfig = field(default_factory=W2SConfig)
+    """The weak-to-strong problem (primary task, bases, baseline recipe). Its seeds, methods, name and
+    fidelity are not used by campaigns (see `scoring.seeds`, `baselines`); setting them is an error."""
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    """Seeds, query budgets, held-out tasks and audits."""
+    researcher: ResearcherBudget = field(default_factory=ResearcherBudget)
+    """Per-researcher limits."""
+    budget: CampaignBudget = field(default_factory=CampaignBudget)
+    """Campaign-wide limits."""
+    trial: TrialSettings = field(default_factory=TrialSettings)
+    """Trial job resources and limits."""
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    """Task pool policy."""
+    claude: ClaudeConfig = field(default_factory=ClaudeConfig)
+    """The Claude brain."""
+    ray: RayConnect = field(default_factory=RayConnect)
+    """Ray connection."""
+    runs_dir: str = ""
+    """Where campaign directories go; empty: $AAR_RUNS_DIR or <project>/runs."""
+    baselines: list[str] = field(default_factory=lambda: builtin_methods())
+    """Built-in methods the driver scores first (the naive and human-style reference lines)."""
+    progress: str = "auto"
+    """'auto' (a live view on a TTY, log lines otherwise), 'rich' or 'plain'."""
+
+    # W2SConfig fields a campaign does not use: set in a campaign preset or override, they are an error
+    UNUSED = {"w2s.seeds": "a campaign's seeds are the harness's: set scoring.seeds",
+              "w2s.methods": "a campaign's reference methods are `baselines`; researchers propose the rest",
+              "w2s.name": "a campaign is named by `name`",
+              "w2s.fidelity": "each trial's fidelity is chosen per submission (quick or full)"}
+
+    def __post_init__(self) -> None:
+        _check(self.brain in ("offline", "claude", "auto"), "brain", f"must be offline, claude or auto, got {self.brain!r}")
+        _check(self.n_researchers >= 1, "n_researchers", f"must be >= 1, got {self.n_researchers}")
+        _check(len(self.directions) >= 1, "directions", "needs at least one direction")
+        _check(self.progress in ("auto", "rich", "plain"), "progress", f"must be auto, rich or plain, got {self.progress!r}")
+        unknown = [b for b in self.baselines if b not in builtin_methods()]
+        _check(not unknown, "baselines", f"unknown built-in methods {unknown}; choose from {builtin_methods()}")
+        _check("naive" in self.baselines, "baselines", "must include 'naive' (the reference of every campaign)")
+        _check(self.campaign_id == "" or all(c.isalnum() or c in "-_" for c in self.campaign_id), "campaign_id",
+               f"may hold letters, digits, '-' and '_', got {self.campaign_id!r}")
+        n = len(self.scoring.seeds)
+        _check(self.trial.timeout_s >= self.trial.seed_timeout_s * n, "trial.timeout_s",
+               f"{self.trial.timeout_s:g} s is less than trial.seed_timeout_s x len(scoring.seeds) = "
+               f"{self.trial.seed_timeout_s:g} x {n} = {self.trial.seed_timeout_s * n:g} s: the pool would kill "
+               "a trial before the sandbox could say which seed overran")
+        _check(not self.ray.num_gpus or self.trial.num_gpus <= self.ray.num_gpus, "trial.num_gpus",
+               f"asks {self.trial.num_gpus:g} GPUs per trial but ray.num_gpus declares {self.ray.num_gpus}")
+        _check(self.w2s.device != "cuda" or self.trial.num_gpus > 0, "trial.num_gpus",
+               "is 0 but w2s.device is 'cuda': a trial must reserve the GPU its student runs on")
+        _check(self.w2s.device != "cpu" or self.trial.num_gpus == 0, "trial.num_gpus",
+               f"reserves {self.trial.num_gpus:g} GPUs per trial but w2s.device is 'cpu': they would sit idle")
+
+
 T = TypeVar("T")
 
 
 def load_config(schema: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
     """Merge schema defaults, a YAML preset and dotlist overrides; validate; return a dataclass.
 
-    Raises ConfigError naming the bad key or value.
+    Raises ConfigError naming the bad key or value, and for a key the schema declares unused
+    (`schema.UNUSED`), what to set instead.
     """
-    base = OmegaConf.structured(schema)
-    layers = [base]
+    layers = []
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -198,14 +546,60 @@ def load_config(schema: type[T], path: str | os.PathLike | None = None, override
     try:
         if overrides:
             layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
+        for key, why in getattr(schema, "UNUSED", {}).items():
+            if any(OmegaConf.select(layer, key, default=None) is not None for layer in layers):
+                raise ConfigError(f"{key} is not used here: {why}")
+        merged = OmegaConf.merge(OmegaConf.structured(schema), *layers)
         return OmegaConf.to_object(merged)
     except ConfigError:
         raise
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{key}: {msg}" if key else msg) from None
+        raise ConfigError(_plain_message(e)) from None
+    except (TypeError, ValueError) as e:  # e.g. a mapping given where the schema has a list
+        raise ConfigError(_shape_mismatch(schema, layers) or str(e)) from None
+
+
+def _shape_mismatch(schema: type, layers: list) -> str | None:
+    """The first key whose given value is a list/mapping where the schema has the other (or a scalar)."""
+    base = OmegaConf.structured(schema)
+
+    def walk(node: Any, prefix: str) -> str | None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+        for k, v in items:
+            key = f"{prefix}{k}"
+            want = OmegaConf.select(base, key, default=None, throw_on_missing=False)
+            kinds = {dict: "a mapping", list: "a list"}
+            if want is not None and OmegaConf.is_config(want) and not isinstance(v, (dict, list)):
+                return f"{key}: expected {'a list' if OmegaConf.is_list(want) else 'a mapping'}, got {v!r}"
+            if want is not None and OmegaConf.is_config(want) and OmegaConf.is_list(want) != isinstance(v, list):
+                return f"{key}: expected {'a list' if OmegaConf.is_list(want) else 'a mapping'}, got {kinds[type(v)]}"
+            found = walk(v, key + ".")
+            if found:
+                return found
+        return None
+
+    for layer in layers:
+        found = walk(OmegaConf.to_container(layer), "")
+        if found:
+            return found
+    return None
+
+
+def _plain_message(e: OmegaConfBaseException) -> str:
+    """OmegaConf's error as a user reads it: the key, what was expected, what was given."""
+    key = getattr(e, "full_key", None) or ""
+    first = str(e).splitlines()[0]
+    value = getattr(e, "value", None) if hasattr(e, "value") else None
+    if "is not a ListConfig" in first or "is not a list" in first or "Invalid value assigned: " in first and "List" in first:
+        return f"{key}: expected a list ({key}=[...]), got {value!r}" if key else first
+    if "is not a DictConfig" in first or "to Dict[" in first or ("Invalid value assigned" in first and "Dict" in first):
+        return f"{key}: expected a mapping of keys to values, got {value!r}"
+    if "Key '" in first and "not in" in first:
+        return f"{key}: unknown key (a typo? see aar_ray/config.py for every setting)" if key else first
+    if "Value '" in first and "could not be converted to" in first:
+        want = first.rsplit(" ", 1)[-1].lower()
+        return f"{key}: expected {'a number' if want in ('float', 'integer') else want} ({want}), got {value!r}"
+    return f"{key}: {first}" if key else first
 
 
 def to_dict(cfg: Any) -> dict:

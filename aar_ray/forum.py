@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from aar_ray.sandbox.contract import TrialState
+
 FORUM_NAME = "aar-forum"
 _CLAIM = re.compile(r"(\d+\.\d+|\d+\s*%|\bpgr\b\s*(=|of|:|is)\s*-?\d)", re.I)
 
@@ -68,8 +70,9 @@ class Forum:
 
     # ---------- trials ----------
 
-    def upsert_trial(self, trial_id: str, researcher: str, method_id: str, name: str, fidelity: str, status: str,
-                     val: dict | None = None, error: str | None = None) -> None:
+    def upsert_trial(self, trial_id: str, researcher: str, method_id: str, name: str, fidelity: str,
+                     status: TrialState, val: dict | None = None, error: str | None = None) -> None:
+        status = TrialState(status).value  # a bad state fails here, not in a reader
         now = time.time()
         val = val or {}
         with self._lock:
@@ -92,7 +95,7 @@ class Forum:
     def leaderboard(self, limit: int = 20) -> list[dict]:
         """Scored trials by validation PGR (the only numbers researchers see)."""
         rows = self._q("SELECT trial_id, researcher, method_id, name, fidelity, val_pgr_mean, val_pgr_std, seeds "
-                       "FROM trials WHERE status = 'scored' ORDER BY val_pgr_mean DESC LIMIT ?", (limit,))
+                       "FROM trials WHERE status = ? ORDER BY val_pgr_mean DESC LIMIT ?", (TrialState.SCORED.value, limit))
         return [dict(r) for r in rows]
 
     # ---------- findings ----------
@@ -100,7 +103,7 @@ class Forum:
     def post_finding(self, researcher: str, text: str, trial_id: str | None = None) -> int:
         if trial_id:
             t = self.trials(trial_id=trial_id)
-            if not t or t[0]["status"] != "scored":
+            if not t or t[0]["status"] != TrialState.SCORED:
                 raise ForumError(f"trial {trial_id!r} is not a scored trial; link one that has finished")
             if (t[0]["seeds"] or 0) < self.n_seeds:
                 raise ForumError(f"trial {trial_id!r} has {t[0]['seeds']} of {self.n_seeds} seeds; a result needs all")
@@ -126,13 +129,14 @@ class Forum:
         rows = self._q("SELECT data FROM state WHERE researcher = ?", (researcher,))
         return json.loads(rows[0]["data"]) if rows else None
 
-    def set_control(self, key: str, value: str) -> None:
-        """Campaign-wide signals (e.g. 'stop'), persisted with the forum."""
-        self._q("INSERT INTO control VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+    def set_stop(self, stop: bool) -> None:
+        """The campaign-wide wind-down signal researchers poll; persisted with the forum."""
+        self._q("INSERT INTO control VALUES ('stop', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                ("1" if stop else "0",))
 
-    def control(self, key: str) -> str | None:
-        rows = self._q("SELECT value FROM control WHERE key = ?", (key,))
-        return rows[0]["value"] if rows else None
+    def stop_requested(self) -> bool:
+        rows = self._q("SELECT value FROM control WHERE key = 'stop'")
+        return bool(rows) and rows[0]["value"] == "1"
 
     def stats(self) -> dict:
         rows = self._q("SELECT status, COUNT(*) AS n FROM trials GROUP BY status")

@@ -93,17 +93,6 @@ class Campaign:
     baselines: dict[str, float] = field(default_factory=dict)  # label -> test PGR, for the plot lines
 
 
-def _runs(client, experiment_id: str, level: str) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.LEVEL}` = '{level}'",
-                                  max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
-
-
 def _ms(metrics: dict, prefix: str) -> tuple[float, float] | None:
     mean = metrics.get(f"{prefix}_mean")
     if mean is None:
@@ -112,11 +101,11 @@ def _ms(metrics: dict, prefix: str) -> tuple[float, float] | None:
 
 
 def _trial(run) -> Trial:
-    tags, m = run.data.tags, run.data.metrics
+    tags, m = run.tags, run.metrics
     flags = tags.get("aar.flags")
     index = m.get("trial_index", tags.get("aar.trial_index"))
     return Trial(
-        run_id=run.info.run_id, method=tags.get("method", run.info.run_name or "?"),
+        run_id=run.run_id, method=tags.get("method", run.name or "?"),
         researcher="baseline" if tags.get("aar.baseline") else tags.get("researcher", "?"),
         trial_id=tags.get("trial_id", ""), fidelity=tags.get("fidelity", ""),
         flags=None if flags is None else [f for f in flags.split(",") if f and f != "none"],
@@ -127,46 +116,44 @@ def _trial(run) -> Trial:
 
 
 def load_campaign(campaign_id: str, tracker) -> Campaign:
-    """Read one campaign's runs from MLflow through the tracker's client."""
-    client = getattr(tracker, "client", None)
-    if client is None:
+    """Read one campaign's runs from MLflow through the tracker."""
+    if not tracker.enabled:
         raise ReportError("the report reads MLflow: pass an MlflowTracker (tracking is off in this process)")
-    exp = client.get_experiment_by_name(EXPERIMENT_PREFIX + campaign_id)
-    if exp is None:
+    eid = tracker.experiment_id(EXPERIMENT_PREFIX + campaign_id)
+    if eid is None:
         raise ReportError(f"no campaign {campaign_id!r}: experiment {EXPERIMENT_PREFIX + campaign_id!r} "
                           f"is not in the MLflow store {getattr(tracker, 'uri', '')}")
-    eid = exp.experiment_id
-    camp_runs = sorted(_runs(client, eid, "campaign"), key=lambda r: r.info.start_time or 0)
+    camp_runs = sorted(tracker.find_runs(eid, "campaign"), key=lambda r: r.start_time or 0)
     camp = camp_runs[-1] if camp_runs else None  # a resumed campaign keeps its run; the newest wins otherwise
 
-    trial_runs = _runs(client, eid, "trial")
-    finished = [r for r in trial_runs if r.info.status == "FINISHED"]  # PGR may be absent (NaN is not logged)
+    trial_runs = tracker.find_runs(eid, "trial")
+    finished = [r for r in trial_runs if r.status == "FINISHED"]  # PGR may be absent (NaN is not logged)
     trials = [_trial(r) for r in finished]
-    unscored = [Unscored(r.data.tags.get("method", r.info.run_name or "?"),
-                         "baseline" if r.data.tags.get("aar.baseline") else r.data.tags.get("researcher", "?"),
-                         r.data.tags.get("trial_id", ""), r.data.tags[tracking.UNSCORED_STATUS],
-                         r.data.tags.get(tracking.UNSCORED_REASON, ""))
-                for r in sorted(trial_runs, key=lambda r: r.info.start_time or 0)
-                if r.info.status in ("FAILED", "KILLED") and tracking.UNSCORED_STATUS in r.data.tags]
+    unscored = [Unscored(r.tags.get("method", r.name or "?"),
+                         "baseline" if r.tags.get("aar.baseline") else r.tags.get("researcher", "?"),
+                         r.tags.get("trial_id", ""), r.tags[tracking.UNSCORED_STATUS],
+                         r.tags.get(tracking.UNSCORED_REASON, ""))
+                for r in sorted(trial_runs, key=lambda r: r.start_time or 0)
+                if r.status in ("FAILED", "KILLED") and tracking.UNSCORED_STATUS in r.tags]
 
     by_name: dict[str, object] = {}
-    for r in sorted(_runs(client, eid, "researcher"), key=lambda r: r.info.start_time or 0):
-        by_name[r.data.tags.get("researcher", r.info.run_name or r.info.run_id)] = r  # latest run per researcher
-    researchers = [Researcher(name, r.data.tags.get("brain", ""), r.data.tags.get("direction", ""),
-                              r.data.tags.get("outcome", ""), dict(r.data.metrics))
+    for r in sorted(tracker.find_runs(eid, "researcher"), key=lambda r: r.start_time or 0):
+        by_name[r.tags.get("researcher", r.name or r.run_id)] = r  # latest run per researcher
+    researchers = [Researcher(name, r.tags.get("brain", ""), r.tags.get("direction", ""),
+                              r.tags.get("outcome", ""), dict(r.metrics))
                    for name, r in sorted(by_name.items())]
 
-    metrics = dict(camp.data.metrics) if camp else {}
+    metrics = dict(camp.metrics) if camp else {}
     wall_s = metrics.get("wall_s")
     if wall_s is None and camp is not None:  # still running, or ended before logging it
-        end = camp.info.end_time or time.time() * 1000
-        wall_s = (end - camp.info.start_time) / 1000
+        end = camp.end_time or time.time() * 1000
+        wall_s = (end - camp.start_time) / 1000
     c = Campaign(
-        campaign_id=campaign_id, run_id=camp.info.run_id if camp else None,
-        status=camp.info.status if camp else "no campaign run",
-        preset=camp.data.tags.get("preset", DASH) if camp else DASH,
-        metrics=metrics, params=dict(camp.data.params) if camp else {}, wall_s=wall_s,
-        researchers=researchers, trials=trials, seed_runs=len(_runs(client, eid, "seed")),
+        campaign_id=campaign_id, run_id=camp.run_id if camp else None,
+        status=camp.status if camp else "no campaign run",
+        preset=camp.tags.get("preset", DASH) if camp else DASH,
+        metrics=metrics, params=dict(camp.params) if camp else {}, wall_s=wall_s,
+        researchers=researchers, trials=trials, seed_runs=len(tracker.find_runs(eid, "seed")),
         unfinished_trials=len(trial_runs) - len(finished) - len(unscored), unscored=unscored)
     c.baselines = _baseline_lines(c)
     return c

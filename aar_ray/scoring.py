@@ -1,7 +1,7 @@
 """The trusted scorer: the only holder of ground-truth labels, test numbers and held-out results.
 
-Trial jobs receive `payloads` (inputs and weak labels, never a label) and return predictions; only
-the scorer turns predictions into numbers. Researchers get validation metrics (`score`); test PGR
+Trial jobs receive a `TrialRequest` (inputs and weak labels, never a label; built here, by
+`request`) and return predictions; only the scorer turns predictions into numbers. Researchers get validation metrics (`score`); test PGR
 is recorded in MLflow and kept for the driver (`driver_results`), which ranks by it. Seeds are the
 harness's: every result is the mean ± std over all of them, and a trial missing one is not a result.
 Each researcher has a query budget of validation scorings; past it the scorer refuses with
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aar_ray.config import W2SConfig, _check
+from aar_ray.config import HELDOUT_DATA, ScoringConfig, TrialSettings, W2SConfig
+from aar_ray.sandbox.contract import SeedInputs, StudentSpec, TrialLimits, TrialRequest
 from aar_ray.w2s.methods import source_hash
 from aar_ray.w2s.metrics import mean_std
 
@@ -32,45 +33,12 @@ FLAG_VAL_TEST_GAP = "val-test-gap"
 FLAG_PROBING = "probing"
 
 
-HELDOUT_DATA = {"world": {"math": "math", "code": "code"}, "real": {"math": "champ", "code": "humaneval"}}
-"""Registry task behind each held-out task, per `scoring.heldout_data`."""
-
-
-@dataclass(frozen=True)
-class ScoringConfig:
-    """What the harness fixes about scoring: seeds, budgets, held-out tasks and audit thresholds."""
-
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """Seeds every trial runs on, chosen by the harness (3 on CPU presets, 5 on GPU presets)."""
-    query_budget: int = 40
-    """Validation scorings per researcher."""
-    heldout_tasks: list[str] = field(default_factory=lambda: ["math", "code"])
-    """Held-out generalization tasks, run by the driver on the top methods."""
-    heldout_data: str = "world"
-    """Where the held-out tasks come from: 'world' (the synthetic world's math and code, for tiny CPU
-    bases) or 'real' (CHAMP math and HumanEval code verification, for real HF models)."""
-    top_k: int = 3
-    """Methods (by hidden test PGR) that get the held-out stage and the audits."""
-    shuffle_ratio: float = 0.5
-    """Flag teacher-independent when PGR with shuffled weak labels stays >= this share of the original."""
-    shuffle_min_pgr: float = 0.1
-    """Only audit shuffling for methods whose PGR exceeds this (half of ~0 is noise)."""
-    gap_sigmas: float = 3.0
-    """Flag val-test gap when (val - test) PGR exceeds the naive reference's by this many seed-stds..."""
-    gap_floor: float = 0.1
-    """...and by at least this much PGR."""
-    probe_max_diff: float = 0.02
-    """Two submissions whose val predictions differ on at most this share of val examples are near-duplicates."""
-    probe_min_pairs: int = 3
-    """A researcher with this many near-duplicate submissions is flagged as probing."""
-
-    def __post_init__(self) -> None:
-        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), "scoring.seeds",
-               f"needs distinct seeds, got {list(self.seeds)}")
-        _check(self.query_budget >= 1, "scoring.query_budget", f"must be >= 1, got {self.query_budget}")
-        _check(set(self.heldout_tasks) <= {"math", "code"}, "scoring.heldout_tasks", "may hold 'math' and 'code'")
-        _check(self.heldout_data in HELDOUT_DATA, "scoring.heldout_data",
-               f"must be one of {list(HELDOUT_DATA)}, got {self.heldout_data!r}")
+def trial_device(device: str, num_gpus: float) -> str:
+    """Where a trial's child loads the student: `w2s.device`, with 'auto' meaning the GPU the pool
+    assigns when trials reserve one (`trial.num_gpus` > 0), else the CPU."""
+    if device == "auto":
+        return "cuda" if num_gpus > 0 else "cpu"
+    return device
 
 
 class ScoringError(Exception):
@@ -107,11 +75,12 @@ class Scorer:
 
     def __init__(self, w2s: W2SConfig, scoring: ScoringConfig, tracker=None, experiment_id: str | None = None,
                  researcher_runs: dict[str, str] | None = None, progress: bool = False, state_path: str | None = None,
-                 exempt: tuple[str, ...] = ()):
+                 exempt: tuple[str, ...] = (), trial: TrialSettings = TrialSettings()):
         from aar_ray.w2s import engine
 
         self.cfg = dataclasses.replace(w2s, seeds=list(scoring.seeds))
         self.scoring = scoring
+        self.trial = trial  # the limits and device every request carries
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.researcher_runs = dict(researcher_runs or {})
@@ -158,8 +127,9 @@ class Scorer:
         return {s: {"weak": self._base[("primary", s)].weak_acc, "ceiling": self._base[("primary", s)].ceiling_acc}
                 for s in self.cfg.seeds}
 
-    def payloads(self, fidelity: str = "full", task: str = "primary", shuffle: bool = False) -> list[dict]:
-        """What a trial job receives for each harness seed: inputs and weak labels, never a label.
+    def request(self, fidelity: str = "full", task: str = "primary", shuffle: bool = False) -> TrialRequest:
+        """What a trial job receives: each harness seed's inputs and weak labels (never a label), the
+        student on the trial's device and dtype, the probe recipe, and the trial's limits.
 
         `task` other than 'primary' and `shuffle` (the shuffled-teacher audit) are for the driver.
         """
@@ -168,20 +138,17 @@ class Scorer:
         from aar_ray.w2s import engine
 
         exp = self._experiment(task)
-        out = []
+        seeds = []
         for seed in self.cfg.seeds:
-            base = self._baseline(task, seed)
-            ctx = engine.trial_inputs(exp, seed, base, fidelity).ctx
+            ctx = engine.trial_inputs(exp, seed, self._baseline(task, seed), fidelity).ctx
             weak = ctx.weak_labels
             if shuffle:  # permute the teacher's labels across examples: any signal left is not the teacher's
                 weak = weak[torch.randperm(len(weak), generator=torch.Generator().manual_seed(10_000 + seed))]
-            out.append({
-                "seed": seed, "fidelity": fidelity, "student_dir": exp.strong.path, "student_key": exp.strong.key,
-                "probe": dataclasses.asdict(exp.cfg.probe), "batch_size": exp.cfg.batch_size_features,
-                "inputs": {"train_ids": ctx.train_ids, "train_mask": ctx.train_mask, "weak_labels": weak,
-                           "eval_ids": ctx.eval_ids, "eval_mask": ctx.eval_mask},
-            })
-        return out
+            seeds.append(SeedInputs(seed, ctx.train_ids, ctx.train_mask, weak, ctx.eval_ids, ctx.eval_mask))
+        student = StudentSpec(exp.strong.path, exp.strong.key, trial_device(self.cfg.device, self.trial.num_gpus),
+                              self.cfg.strong.dtype)
+        limits = TrialLimits(self.trial.seed_timeout_s, self.trial.memory_mb, self.trial.threads)
+        return TrialRequest(tuple(seeds), student, exp.cfg.probe, fidelity, exp.cfg.batch_size_features, limits)
 
     # ---------- scoring ----------
 

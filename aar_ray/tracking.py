@@ -90,6 +90,21 @@ def provenance() -> dict[str, str]:
     return tags
 
 
+@dataclass(frozen=True)
+class RunView:
+    """One recorded run, as the campaign and the report read it (no MLflow types leak out)."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int | None
+    """Milliseconds since the epoch."""
+    end_time: int | None
+    tags: dict
+    metrics: dict
+    params: dict
+
+
 class Tracker:
     """The tracker interface. This base class records nothing (for pure unit tests)."""
 
@@ -97,6 +112,14 @@ class Tracker:
 
     def experiment(self, name: str) -> str:
         return name
+
+    def experiment_id(self, name: str) -> str | None:
+        """The id of an existing experiment, or None (creates nothing)."""
+        return None
+
+    def find_runs(self, experiment_id: str, level: str | None = None, **tags: str) -> list[RunView]:
+        """Runs of an experiment at a level (campaign, researcher, trial, seed) whose tags match."""
+        return []
 
     def find_run(self, experiment_id: str, content_key: str, keep: tuple[str, ...] = ("FINISHED",)) -> str | None:
         return None
@@ -134,6 +157,27 @@ class MlflowTracker(Tracker):
 
         self.uri = uri or tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
+
+    def __reduce__(self):
+        """Travels to Ray actors as its store's URI; the client is rebuilt there."""
+        return MlflowTracker, (self.uri,)
+
+    def experiment_id(self, name: str) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id if exp is not None else None
+
+    def find_runs(self, experiment_id: str, level: str | None = None, **tags: str) -> list[RunView]:
+        conds = ([f"tags.`{LEVEL}` = '{level}'"] if level else []) + [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string=" and ".join(conds), max_results=1000,
+                                           page_token=token)
+            out.extend(RunView(r.info.run_id, r.info.run_name or "", r.info.status, r.info.start_time,
+                               r.info.end_time, dict(r.data.tags), dict(r.data.metrics), dict(r.data.params))
+                       for r in page)
+            token = page.token
+            if not token:
+                return out
 
     def experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -218,7 +262,7 @@ def default_tracker() -> Tracker:
 # ---------- what a weak-to-strong run records ----------
 
 @dataclass(frozen=True)
-class TrialRecord:
+class RecordedRun:
     """Where a recorded trial lives; `created` is False when the content key was already recorded."""
 
     run_id: str
@@ -237,7 +281,7 @@ def trial_content_key(cfg, method_result, weak_key: str = "", strong_key: str = 
 
 def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, baselines: dict, parent: str | None = None,
                  extra_tags: dict[str, str] | None = None, weak_key: str = "", strong_key: str = "",
-                 eval_splits: dict | None = None) -> TrialRecord:
+                 eval_splits: dict | None = None) -> RecordedRun:
     """Record one trial (a method over all seeds) with nested seed runs; idempotent by content key.
 
     eval_splits: seed -> (eval task indices, their split names), to label the predictions artifact.
@@ -245,7 +289,7 @@ def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, basel
     key = trial_content_key(cfg, method_result, weak_key, strong_key)
     existing = tracker.find_run(experiment_id, key)
     if existing:
-        return TrialRecord(existing, False)
+        return RecordedRun(existing, False)
     seeds = [s.seed for s in method_result.seeds]
     tags = {
         LEVEL: "trial", CONTENT_KEY: key, "task": cfg.task, "method": method_result.name,
@@ -295,7 +339,7 @@ def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, basel
     except BaseException:
         tracker.end_run(run, "FAILED")
         raise
-    return TrialRecord(run, True)
+    return RecordedRun(run, True)
 
 
 UNSCORED_STATUS = "aar.status"  # on a trial run that produced no score: failed | timeout | cancelled | refused | ...
@@ -349,7 +393,7 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
-def record_w2s(cfg, result, tracker: Tracker | None = None) -> dict[str, TrialRecord]:
+def record_w2s(cfg, result, tracker: Tracker | None = None) -> dict[str, RecordedRun]:
     """`aar w2s`: experiment = preset name; a parent run per invocation; a trial run per method."""
     tracker = tracker or default_tracker()
     if not tracker.enabled:

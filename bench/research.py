@@ -25,37 +25,18 @@ DIRECTIONS = ["data selection and filtering", "loss design", "teacher calibratio
 
 def _scorer():
     from aar_ray.config import W2SConfig, load_config
-    from aar_ray.scoring import Scorer, ScoringConfig
+    from aar_ray.config import ScoringConfig
+    from aar_ray.scoring import Scorer
 
     cfg = load_config(W2SConfig, ROOT / "experiments/w2s_quick.yaml", ["torch_threads=1"])
     return Scorer(cfg, ScoringConfig(seeds=[0, 1, 2], query_budget=10_000))
 
 
 def run_inline(scorer, source: str, fidelity: str = "full") -> dict:
-    """Run a method on the scorer's payloads in-process (trusted compositions only) -> predictions."""
-    import tempfile as tf
+    """Run a method on the scorer's request in-process (trusted compositions only) -> predictions."""
+    from aar_ray.sandbox.trial import run_trusted
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from aar_ray.config import ProbeConfig
-    from aar_ray.w2s.api import MethodContext
-    from aar_ray.w2s.methods import load_module
-    from aar_ray.w2s.models import Base
-
-    with tf.TemporaryDirectory() as d:
-        path = Path(d) / "m.py"
-        path.write_text(source)
-        module = load_module(path)
-    out, bases = {}, {}
-    for p in scorer.payloads(fidelity):
-        if p["student_dir"] not in bases:
-            model = AutoModelForCausalLM.from_pretrained(p["student_dir"]).eval()
-            bases[p["student_dir"]] = Base(model, AutoTokenizer.from_pretrained(p["student_dir"]), p["student_key"],
-                                           p["student_dir"])
-        ctx = MethodContext(bases[p["student_dir"]], probe=ProbeConfig(**p["probe"]), seed=p["seed"],
-                            fidelity=p["fidelity"], **p["inputs"])
-        out[p["seed"]] = module.run(ctx).tolist()
-    return out
+    return dict(run_trusted(source, scorer.request(fidelity)).preds)
 
 
 class _Jobs:
@@ -63,10 +44,11 @@ class _Jobs:
         self.scorer, self.forum = scorer, forum
 
     def __call__(self, trial_id, owner, source, fidelity, name):
+        from aar_ray.sandbox.contract import TrialState
         from aar_ray.w2s.methods import source_hash
 
         val = self.scorer.score(owner, trial_id, name, source, fidelity, run_inline(self.scorer, source, fidelity))
-        self.forum.upsert_trial(trial_id, owner, source_hash(source), name, fidelity, "scored", val)
+        self.forum.upsert_trial(trial_id, owner, source_hash(source), name, fidelity, TrialState.SCORED, val)
 
     def owner_status(self, owner):
         return {"gpu_seconds": 0.0}
@@ -74,7 +56,8 @@ class _Jobs:
 
 def offline_team(scorer, trials_each: int, workdir: Path) -> list[dict]:
     from aar_ray.agents.offline import OfflineBrain
-    from aar_ray.agents.researcher import Researcher, ResearcherBudget, ToolExecutor
+    from aar_ray.agents.researcher import Researcher, ToolExecutor
+    from aar_ray.config import ResearcherBudget
     from aar_ray.forum import Forum
 
     forum = Forum(workdir / "forum.db", n_seeds=3)

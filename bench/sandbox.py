@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from adversarial import support  # noqa: E402
 
 from aar_ray.config import ProbeConfig  # noqa: E402
-from aar_ray.sandbox import SandboxLimits, host, run_method_sandboxed  # noqa: E402
+from aar_ray.sandbox import SandboxLimits, host, request_for, run_method_sandboxed  # noqa: E402
 from aar_ray.w2s.api import MethodContext  # noqa: E402
 from aar_ray.w2s.engine import TrialInputs, run_in_process  # noqa: E402
 from aar_ray.w2s.methods import resolve  # noqa: E402
@@ -44,19 +44,19 @@ PROBE = ProbeConfig(epochs=3, batch_size=16)
 CONST = "import torch\n\ndef run(ctx):\n    return torch.full((len(ctx.eval_ids),), 0.5)\n"
 
 
-def plain_child(work: Path, student: Path, method: Path) -> None:
+def plain_child(work: Path, student: Path, method: Path, inputs: dict) -> None:
     """The sandbox child's own code path with every layer off: same imports, same lazy student."""
     d = work / "plain"
     d.mkdir(exist_ok=True)
     (d / "method.py").write_text(method.read_text())
-    fds = [os.open(d / n, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) for n in ("out", "err", "attest")]
-    spec = {"inputs": str(work / "inputs.pt"), "method": str(d / "method.py"), "student": str(student),
-            "scratch": str(d), "threads": 1, "device": "cpu", "landlock": None, "seccomp": False,
-            "out_fd": fds[0], "err_fd": fds[1], "attest_fd": fds[2], "probe": vars(PROBE), "seed": 0,
-            "fidelity": "full", "batch_size": 256, "dtype": "float32"}
+    request_for(student, {0: inputs}, probe=PROBE).write(d)
+    fds = [os.open(d / n, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) for n in ("out", "err", "attest", "progress")]
+    spec = {"request": str(d), "method": str(d / "method.py"), "student": str(student), "scratch": str(d),
+            "landlock": None, "seccomp": False, "out_fd": fds[0], "err_fd": fds[1], "attest_fd": fds[2],
+            "progress_fd": fds[3]}
     (d / "spec.json").write_text(json.dumps(spec))
     try:
-        subprocess.run([sys.executable, "-I", "-m", "aar_ray.sandbox_child", str(d / "spec.json")], check=True,
+        subprocess.run([sys.executable, "-I", "-m", "aar_ray.sandbox.child", str(d / "spec.json")], check=True,
                        pass_fds=fds, capture_output=True, cwd=d, env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     finally:
         for fd in fds:
@@ -86,7 +86,8 @@ def bare_startup(work: Path, student: Path) -> dict[str, tuple[float, list[float
             (trial / "private").mkdir(mode=0o700)
             (trial / "in" / "spec.json").write_text("{}")
             os.chmod(trial / "in" / "spec.json", 0o644)
-            launcher, *_ = _plan(host(), SandboxLimits(use_bwrap=use_bwrap), trial, str(student), 60, "cpu")
+            request = request_for(student, {0: support.make_inputs()}, probe=PROBE, seed_timeout_s=60)
+            launcher, *_ = _plan(host(), SandboxLimits(use_bwrap=use_bwrap), trial, request)
             i = launcher["argv"].index("-m")
             launcher["argv"] = launcher["argv"][:i] + ["-c", "pass"]
             rep = _launch(launcher, 60)
@@ -103,7 +104,6 @@ def main() -> None:
     os.chmod(work, 0o755)
     student = support.make_student(work / "student")
     inputs = support.make_inputs()
-    torch.save(inputs, work / "inputs.pt")
     const = work / "const.py"
     const.write_text(CONST)
     naive = resolve("naive")
@@ -125,7 +125,8 @@ def main() -> None:
                 row.setdefault("layers_" + ("bwrap" if lim.use_bwrap else "no_bwrap"), r.layers)
             return f
 
-        row.update(_interleaved({"in_process": in_process, "subprocess": lambda: plain_child(work, student, method),
+        row.update(_interleaved({"in_process": in_process,
+                                 "subprocess": lambda: plain_child(work, student, method, inputs),
                                  "sandbox": sandboxed(SandboxLimits()),
                                  "sandbox_no_bwrap": sandboxed(SandboxLimits(use_bwrap=False))}))
         results[label] = row

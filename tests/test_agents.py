@@ -11,10 +11,11 @@ import pytest
 from aar_ray.agents import compose
 from aar_ray.agents.base import ToolCall, ToolResult
 from aar_ray.agents.offline import OfflineBrain, spec_from_source
-from aar_ray.agents.researcher import Researcher, ResearcherBudget, ToolExecutor
+from aar_ray.agents.researcher import Researcher, ToolExecutor
 from aar_ray.agents.tools import TOOLS, validate
+from aar_ray.config import ResearcherBudget, ScoringConfig
 from aar_ray.forum import Forum, ForumError
-from aar_ray.scoring import Scorer, ScoringConfig
+from aar_ray.scoring import Scorer
 
 from w2s_helpers import tiny_cfg
 
@@ -116,11 +117,11 @@ class InlineJobs:
         self.scorer, self.forum, self.count = scorer, forum, 0
 
     def __call__(self, trial_id, owner, source, fidelity, name):
-        from w2s_helpers import run_payloads
+        from w2s_helpers import run_request
         from aar_ray.w2s.methods import source_hash
 
         self.count += 1
-        preds = run_payloads(source, self.scorer.payloads(fidelity))
+        preds = run_request(source, self.scorer.request(fidelity))
         val = self.scorer.score(owner, trial_id, name, source, fidelity, preds)
         self.forum.upsert_trial(trial_id, owner, source_hash(source), name, fidelity, "scored", val)
 

@@ -256,8 +256,9 @@ def test_researcher_actor_killed_mid_campaign_restarts_from_its_state(tmp_path, 
 
     import ray
 
-    from aar_ray import campaign as C
-    from aar_ray.config import load_config
+    from aar_ray.campaign import driver, services
+    from aar_ray.campaign.researchers import ResearcherActor
+    from aar_ray.config import CampaignConfig, load_config
 
     for k, v in _env(tmp_path).items():
         if k.startswith(("AAR_", "HF_")):
@@ -265,21 +266,17 @@ def test_researcher_actor_killed_mid_campaign_restarts_from_its_state(tmp_path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("AAR_TRACKING", raising=False)
     exp = tracking.MlflowTracker().experiment("aar-campaign/kill-actor")
-    cfg = load_config(C.CampaignConfig, ROOT / "experiments/quick.yaml",
+    cfg = load_config(CampaignConfig, ROOT / "experiments/quick.yaml",
                       [*SMALL, "n_researchers=1", "researcher.trials=3", "budget.trials=3", "baselines=[naive]"])
     run_dir = tmp_path / "runs" / "kill-actor"
     ray.init(num_cpus=2, namespace="aar-kill-actor", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": C.worker_env()}, _temp_dir=f"/tmp/aar-ka-{os.getpid()}")
+             runtime_env={"env_vars": driver.worker_env()}, _temp_dir=f"/tmp/aar-ka-{os.getpid()}")
     try:
-        scorer = ray.remote(num_cpus=0, max_concurrency=8)(C.ScorerActor).options(name="aar-scorer").remote(
-            cfg.w2s, cfg.scoring, exp, {}, str(run_dir / "private" / "scorer.json"), (C.DRIVER,))
-        forum = ray.remote(num_cpus=0, max_concurrency=16)(C.ForumActor).options(name="aar-forum").remote(
-            str(run_dir / "forum.db"), len(cfg.scoring.seeds))
-        service = ray.remote(num_cpus=0, max_concurrency=16)(C.TrialService).options(name="aar-trials").remote(
-            cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum)
+        svc = services.start_services(cfg, run_dir, exp, {}, driver.worker_env())
+        service = svc.trials
         ray.get(service.busy.remote())  # up before the researcher looks it up
-        ray.get(forum.set_control.remote("stop", "0"))
-        actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(C.ResearcherActor).remote(
+        ray.get(svc.forum.set_stop.remote(False))
+        actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(ResearcherActor).remote(
             "r0", "offline", cfg.directions[0], 0, cfg, time.time() + 400, str(run_dir / "transcripts"), None)
         ref = actor.run.remote()
         db = run_dir / "forum.db"

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from aar_ray.agents.base import BrainError, BudgetExceeded, Spend, ToolCall, ToolResult
-from aar_ray.agents.claude import SUMMARY_HEADER, ClaudeBrain, ClaudeConfig, ModelPrice
+from aar_ray.agents.claude import SUMMARY_HEADER, ClaudeBrain
+from aar_ray.config import ClaudeConfig, ModelPrice, ResearcherBudget
 from aar_ray.agents.prompts import system_prompt
 from aar_ray.agents.tools import TOOLS, validate
 from aar_ray.config import ConfigError
@@ -37,9 +38,9 @@ def config(**kw) -> ClaudeConfig:
     return ClaudeConfig(**{"timeout_s": 2.0, "max_retries": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.04, **kw})
 
 
-def brain(cfg: ClaudeConfig | None = None, seed: int = 0) -> ClaudeBrain:
+def brain(cfg: ClaudeConfig | None = None, seed: int = 0, budget: ResearcherBudget = ResearcherBudget()) -> ClaudeBrain:
     return ClaudeBrain(cfg or config(), system_prompt(DIRECTION, researcher="r1", budgets={"trials": 12, "dollars": 5.0},
-                                                      n_seeds=5), seed=seed)
+                                                      n_seeds=5), seed=seed, budget=budget)
 
 
 class Executor:
@@ -266,12 +267,12 @@ def test_missing_results_are_answered_as_errors(api):
 
 
 @pytest.mark.parametrize("kw,use,reason", [
-    ({"max_dollars": 0.01}, usage(1000, 1000, 0, 0), r"dollar budget spent: \$0.0120 of \$0.01"),
-    ({"max_tokens_total": 500}, usage(400, 50, 0, 100), "token budget spent: 550 of 500 tokens"),
+    ({"dollars": 0.01}, usage(1000, 1000, 0, 0), r"dollar budget spent: \$0.0120 of \$0.01"),
+    ({"tokens": 500}, usage(400, 50, 0, 100), "token budget spent: 550 of 500 tokens"),
 ])
 def test_reply_past_the_cap_records_spend_then_stops(api, kw, use, reason):
     api.add(reply([tool_use("submit_method", COMPOSITION, id="toolu_1")], usage=use))
-    b = brain(config(**kw))
+    b = brain(budget=ResearcherBudget(**kw))  # the researcher's caps are the brain's caps
     with pytest.raises(BudgetExceeded, match=reason):
         b.act("start", [])
     p = ModelPrice(2.0, 10.0, 2.5, 0.2)
@@ -462,9 +463,9 @@ def test_config_validation_and_structured_loading():
     with pytest.raises(ConfigError, match="prices.cache_read"):
         ModelPrice(1.0, 1.0, 1.0, -1.0)
     merged = OmegaConf.merge(OmegaConf.structured(ClaudeConfig),
-                             OmegaConf.from_dotlist(["model=claude-haiku-4-5", "max_dollars=2.5", "temperature=0.3"]))
+                             OmegaConf.from_dotlist(["model=claude-haiku-4-5", "max_retries=2", "temperature=0.3"]))
     cfg = OmegaConf.to_object(merged)
-    assert isinstance(cfg, ClaudeConfig) and cfg.model == "claude-haiku-4-5" and cfg.max_dollars == 2.5
+    assert isinstance(cfg, ClaudeConfig) and cfg.model == "claude-haiku-4-5" and cfg.max_retries == 2
     assert cfg.temperature == 0.3
     assert cfg.prices["claude-haiku-4-5"] == ModelPrice(1.0, 5.0, 1.25, 0.1)
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from aar_ray import tracking
-from aar_ray.campaign import CampaignConfig
 from aar_ray.config import ConfigError, load_config
-from aar_ray.scoring import Scorer, ScoringConfig
+from aar_ray.config import CampaignConfig, ScoringConfig
+from aar_ray.scoring import Scorer
 from aar_ray.w2s import realdata
 from aar_ray.w2s.methods import resolve
 
-from w2s_helpers import run_payloads
+from w2s_helpers import run_request
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,11 +164,11 @@ def test_gpu_preset_heldout_stage_runs_on_humaneval_and_champ(tmp_path, monkeypa
     rr = tr.start_run(exp, "r0", tags={tracking.LEVEL: "researcher", "researcher": "r0"})
     scorer = Scorer(cfg.w2s, cfg.scoring, tr, exp, {"r0": rr})
     src = resolve("naive").read_text()
-    scorer.score("r0", "t1", "naive", src, "full", run_payloads(src, scorer.payloads("full")))
+    scorer.score("r0", "t1", "naive", src, "full", run_request(src, scorer.request("full")))
     for task in ("math", "code"):
-        payloads = scorer.payloads("full", task=task)
-        assert all("labels" not in p["inputs"] for p in payloads)
-        scorer.score_private("t1", f"heldout:{task}", run_payloads(src, payloads))
+        request = scorer.request("full", task=task)
+        assert "label" not in json.dumps(request.to_json())
+        scorer.score_private("t1", f"heldout:{task}", run_request(src, request))
     assert scorer._exp["code"].task.name == "humaneval" and scorer._exp["math"].task.name == "champ"
     code = scorer._exp["code"].task
     for split in ("train", "val", "test"):  # balanced per split, split by problem

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aar_ray.sandbox_cli import trial_main
+from aar_ray.sandbox.cli import trial_main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ADV = Path(__file__).resolve().parent / "adversarial"
@@ -21,7 +21,7 @@ TINY = ["world.n_entities=60", "world.n_relations=2", "world.n_values=4", "stron
 def _last_json(capsys) -> dict:
     lines = capsys.readouterr().out.strip().splitlines()
     out = json.loads(lines[-1])
-    assert set(out) >= {"status", "reason", "val_pgr", "sandbox"}
+    assert set(out) >= {"status", "reason", "val_pgr", "sandbox", "device", "dtype"}
     assert "test" not in json.dumps(out).lower().replace("pytest", "")
     return out
 
@@ -49,7 +49,7 @@ def test_harness_errors_still_end_with_the_json_line(capsys, argv, needle):
 def test_trial_end_to_end_on_the_quick_task(tmp_path):
     """Real engine, tiny task: an honest method gets a val PGR; a sleeper gets its timeout."""
     env = {**os.environ, "AAR_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    prog = "import sys; from aar_ray.sandbox_cli import trial_main; sys.exit(trial_main(sys.argv[1:]))"
+    prog = "import sys; from aar_ray.sandbox.cli import trial_main; sys.exit(trial_main(sys.argv[1:]))"
 
     def trial(*argv):
         p = subprocess.run([sys.executable, "-c", prog, *argv, *TINY, "--json"], capture_output=True, text=True,
@@ -58,6 +58,7 @@ def test_trial_end_to_end_on_the_quick_task(tmp_path):
 
     rc, out, stdout = trial("naive")
     assert rc == 0 and out["status"] == "ok", out
+    assert (out["device"], out["dtype"]) == ("cpu", "float32")  # what the child ran on, from the preset
     assert isinstance(out["val_pgr"], float) and any(layer.startswith("bwrap") or layer.startswith("landlock")
                                                      for layer in out["sandbox"])
     assert "test" not in stdout.lower().replace("pytest", "")

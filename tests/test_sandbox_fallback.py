@@ -91,16 +91,17 @@ def world():
 def test_each_layer_alone_stops_file_proc_and_network_attacks(world):
     student, method, got, secret = world
     cases = {
-        "landlock+seccomp": SandboxLimits(use_bwrap=False, memory_mb=6144),
-        "landlock only": SandboxLimits(use_bwrap=False, use_seccomp=False, memory_mb=6144),
+        "landlock+seccomp": SandboxLimits(use_bwrap=False),
+        "landlock only": SandboxLimits(use_bwrap=False, use_seccomp=False),
     }
     if os.geteuid() == 0:  # uid drop and rlimits alone do not stop a world-readable file: Landlock must
-        cases["seccomp only"] = SandboxLimits(use_bwrap=False, use_landlock=False, memory_mb=6144)
+        cases["seccomp only"] = SandboxLimits(use_bwrap=False, use_landlock=False)
 
     def one(item):
         name, lim = item
         return name, run_method_sandboxed(method, student, support.make_inputs(), probe=ProbeConfig(epochs=2), seed=0,
-                                          timeout_s=240, limits=lim, check_source=False)
+                                          timeout_s=240, limits=lim, check_source=False,
+                                          memory_mb=6144)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = dict(pool.map(one, cases.items()))
@@ -125,7 +126,7 @@ def test_honest_method_runs_without_bwrap(world):
     student, _, _, _ = world
     naive = Path(__file__).resolve().parent.parent / "aar_ray" / "w2s" / "methods" / "naive.py"
     r = run_method_sandboxed(naive, student, support.make_inputs(), probe=ProbeConfig(epochs=2), seed=0,
-                             timeout_s=300, limits=SandboxLimits(use_bwrap=False, memory_mb=6144))
+                             timeout_s=300, limits=SandboxLimits(use_bwrap=False), memory_mb=6144)
     assert r.status == "ok", (r.reason, r.log_tail[-800:])
     assert any(layer.startswith("landlock") for layer in r.layers) and any(l.startswith("seccomp") for l in r.layers)
     if os.geteuid() == 0 and host().cgroup:

@@ -144,7 +144,7 @@ def _trial(tmp_path, err: str | None = None) -> Path:
 ])
 def test_classify_trusts_the_launcher_first(tmp_path, rep, err, bwrap, want):
     rep = {"rc": None, "signal": None, "cpu_s": 0.0, **rep}
-    status, reason, preds, losses, _, seed = _classify(rep, SandboxLimits(), 10.0, _trial(tmp_path, err), {0: 5},
+    status, reason, preds, losses, _, seed = _classify(rep, SandboxLimits(), 8192, 10.0, _trial(tmp_path, err), {0: 5},
                                                        bwrap, 30)
     assert status == want and status in STATUSES and reason and preds is None and seed == 0
 
@@ -158,7 +158,7 @@ def test_classify_refuses_a_pickle_in_the_result_file(tmp_path):
 
     _trial(tmp_path)
     (tmp_path / "private" / "out.bin").write_bytes(pickle.dumps({"preds": Boom()}))
-    status, reason, *_ = _classify({"rc": 0}, SandboxLimits(), 10.0, tmp_path, {0: 5}, True, 30)
+    status, reason, *_ = _classify({"rc": 0}, SandboxLimits(), 8192, 10.0, tmp_path, {0: 5}, True, 30)
     assert status == "invalid_output" and "plain arrays only" in reason
     assert not (tmp_path / "ran").exists()
 
@@ -208,10 +208,10 @@ def test_multi_seed_record_names_the_invalid_seed(tmp_path):
     assert "of seeds [0, 1, 2]" in _load_result(f, {0: 5, 1: 5, 2: 5})[2]  # a missing seed too
     _trial(tmp_path, '{"type": "ValueError", "message": "boom", "seed": 2}')
     (tmp_path / "private" / "progress.log").write_text("seed 0\nseed 1\n")
-    assert _classify({"rc": 1}, SandboxLimits(), 10.0, tmp_path, {0: 5, 1: 5, 2: 5}, True, 30)[5] == 2
+    assert _classify({"rc": 1}, SandboxLimits(), 8192, 10.0, tmp_path, {0: 5, 1: 5, 2: 5}, True, 30)[5] == 2
     (tmp_path / "private" / "error.json").unlink()
     rep = {"timed_out": True, "rc": None, "signal": 9}
-    status, reason, *_, seed = _classify(rep, SandboxLimits(), 10.0, tmp_path, {0: 5, 1: 5, 2: 5}, True, 30)
+    status, reason, *_, seed = _classify(rep, SandboxLimits(), 8192, 10.0, tmp_path, {0: 5, 1: 5, 2: 5}, True, 30)
     assert status == "timeout" and seed == 1 and "for all 3 seeds together" in reason
 
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from aar_ray import tracking
-from aar_ray.scoring import (FLAG_PROBING, FLAG_TEACHER_INDEPENDENT, FLAG_VAL_TEST_GAP, QueryBudgetExceeded,
-                             Scorer, ScoringConfig, TrialIncomplete)
+from aar_ray.config import ScoringConfig
+from aar_ray.scoring import (FLAG_PROBING, FLAG_TEACHER_INDEPENDENT, FLAG_VAL_TEST_GAP, QueryBudgetExceeded, Scorer,
+                             TrialIncomplete)
 from aar_ray.w2s import engine
 from aar_ray.w2s.methods import resolve
 
-from w2s_helpers import run_payloads, tiny_cfg
+from w2s_helpers import run_request, tiny_cfg
 
 # A method that skips the teacher: it reads the arithmetic problem from its input tokens and computes
 # the answer's property (the analogue of taking each problem's majority answer).
@@ -63,31 +64,35 @@ def make_scorer(env, task="facts", overrides=(), **scoring):
     return Scorer(cfg, sc, tr, exp, runs), tr
 
 
-def test_payloads_hold_no_labels_and_harness_seeds(env):
+def test_request_holds_no_labels_and_harness_seeds(env):
+    from aar_ray.sandbox.contract import INPUT_KEYS, TrialRequest
+
     scorer, _ = make_scorer(env)
-    payloads = scorer.payloads("full")
-    assert [p["seed"] for p in payloads] == [0, 1]  # the harness's seeds, not the caller's
+    request = scorer.request("full")
+    assert isinstance(request, TrialRequest)
+    assert request.seed_numbers == [0, 1]  # the harness's seeds, not the caller's
+    assert (request.student.device, request.student.dtype) == ("cpu", "float32")  # the preset's, always present
+    assert "label" not in json.dumps(request.to_json())
     exp = scorer._exp["primary"]
-    for p in payloads:
-        assert set(p["inputs"]) == {"train_ids", "train_mask", "weak_labels", "eval_ids", "eval_mask"}
-        assert "label" not in json.dumps({k: v for k, v in p.items() if k != "inputs"})
-        base = scorer._base[("primary", p["seed"])]
+    for s in request.seeds:
+        assert set(s.tensors()) == set(INPUT_KEYS)
+        base = scorer._base[("primary", s.seed)]
         truth = exp.task.labels[base.idx_b].float()
-        assert not torch.equal(p["inputs"]["weak_labels"], truth)  # the teacher's labels, not ground truth
-        assert torch.equal(p["inputs"]["weak_labels"], base.weak_labels)
-        # eval rows are val and test mixed; nothing in the payload says which
-        splits = exp.task.split[engine.eval_order(exp.task.split, p["seed"])]
+        assert not torch.equal(s.weak_labels, truth)  # the teacher's labels, not ground truth
+        assert torch.equal(s.weak_labels, base.weak_labels)
+        # eval rows are val and test mixed; nothing in the request says which
+        splits = exp.task.split[engine.eval_order(exp.task.split, s.seed)]
         assert {"val", "test"} == set(splits)
-    shuffled = scorer.payloads("full", shuffle=True)
-    assert not torch.equal(shuffled[0]["inputs"]["weak_labels"], payloads[0]["inputs"]["weak_labels"])
-    assert torch.equal(shuffled[0]["inputs"]["weak_labels"].sort().values, payloads[0]["inputs"]["weak_labels"].sort().values)
+    shuffled = scorer.request("full", shuffle=True)
+    assert not torch.equal(shuffled.seeds[0].weak_labels, request.seeds[0].weak_labels)
+    assert torch.equal(shuffled.seeds[0].weak_labels.sort().values, request.seeds[0].weak_labels.sort().values)
 
 
 def test_researcher_sees_val_only_and_test_is_recorded(env):
     from mlflow.tracking import MlflowClient
 
     scorer, tr = make_scorer(env)
-    preds = run_payloads(resolve("naive").read_text(), scorer.payloads("full"))
+    preds = run_request(resolve("naive").read_text(), scorer.request("full"))
     resp = scorer.score("alice", "t1", "naive", resolve("naive").read_text(), "full", preds)
     text = json.dumps(resp)
     assert set(resp) == {"trial_id", "name", "fidelity", "val_pgr", "val_acc", "seeds", "queries_left"}
@@ -106,7 +111,7 @@ def test_researcher_sees_val_only_and_test_is_recorded(env):
 
 def test_missing_seeds_are_not_a_result_and_budget_refusal(env):
     scorer, _ = make_scorer(env)
-    preds = run_payloads(resolve("naive").read_text(), scorer.payloads("full"))
+    preds = run_request(resolve("naive").read_text(), scorer.request("full"))
     with pytest.raises(TrialIncomplete, match=r"missing for seeds \[1\]"):
         scorer.score("bob", "x0", "naive", "src", "full", {0: preds[0]})
     assert scorer.queries_left("bob") == 3  # a refused partial trial costs nothing
@@ -123,9 +128,9 @@ def test_heldout_stage_records_math_and_code_on_the_trial_run(env):
 
     scorer, _ = make_scorer(env, overrides=MATH_WORLD)  # a world whose math task has a gap
     src = resolve("naive").read_text()
-    scorer.score("alice", "t1", "naive", src, "full", run_payloads(src, scorer.payloads("full")))
+    scorer.score("alice", "t1", "naive", src, "full", run_request(src, scorer.request("full")))
     for task in ("math", "code"):
-        scorer.score_private("t1", f"heldout:{task}", run_payloads(src, scorer.payloads("full", task=task)))
+        scorer.score_private("t1", f"heldout:{task}", run_request(src, scorer.request("full", task=task)))
     private = scorer.trials["t1"].private
     assert np.isfinite(private["heldout:math"]["mean"])
     run_id = scorer.driver_results()[0]["mlflow_run"]
@@ -141,8 +146,8 @@ def test_shuffled_teacher_audit_flags_the_cheat_not_the_honest(env):
     scorer, _ = make_scorer(env, task="math")
     honest = resolve("naive").read_text()
     for tid, src in (("honest", honest), ("cheat", CHEAT)):
-        scorer.score("alice", tid, tid, src, "full", run_payloads(src, scorer.payloads("full")))
-        scorer.score_private(tid, "audit:shuffled", run_payloads(src, scorer.payloads("full", shuffle=True)))
+        scorer.score("alice", tid, tid, src, "full", run_request(src, scorer.request("full")))
+        scorer.score_private(tid, "audit:shuffled", run_request(src, scorer.request("full", shuffle=True)))
     cheat, ok = scorer.trials["cheat"], scorer.trials["honest"]
     assert cheat.test["acc"] == 1.0 and cheat.test["mean"] > 1.0  # "beats" the ceiling without the teacher...
     assert cheat.private["audit:shuffled"]["mean"] > 1.0  # ...and keeps it all when the teacher is shuffled
@@ -154,7 +159,7 @@ def test_val_test_gap_audit(env):
     """A 'method' tuned to validation: right on val rows, the teacher on the rest (planted as predictions)."""
     scorer, _ = make_scorer(env)
     src = resolve("naive").read_text()
-    naive = run_payloads(src, scorer.payloads("full"))
+    naive = run_request(src, scorer.request("full"))
     scorer.score("alice", "naive", "naive", src, "full", naive)
     exp = scorer._exp["primary"]
     tuned = {}
@@ -172,7 +177,7 @@ def test_val_test_gap_audit(env):
 def test_probing_stream_is_flagged(env):
     scorer, _ = make_scorer(env, query_budget=20)
     src = resolve("naive").read_text()
-    base = run_payloads(src, scorer.payloads("full"))
+    base = run_request(src, scorer.request("full"))
     scorer.score("alice", "a0", "naive", src, "full", base)
     scorer.score("bob", "b0", "naive", src + "#", "full", base)
     # bob flips one validation example at a time and watches the validation score: label probing
@@ -186,7 +191,7 @@ def test_probing_stream_is_flagged(env):
     # alice submits genuinely different methods
     for i, name in enumerate(("confidence", "label_smoothing")):
         s2 = resolve(name).read_text()
-        scorer.score("alice", f"a{i + 1}", name, s2, "full", run_payloads(s2, scorer.payloads("full")))
+        scorer.score("alice", f"a{i + 1}", name, s2, "full", run_request(s2, scorer.request("full")))
     assert scorer.flagged_researchers() == {"bob": 4}
     flags = {r["trial_id"]: r["flags"] for r in scorer.driver_results()}
     assert FLAG_PROBING in flags["b2"] and FLAG_PROBING not in flags["a1"]

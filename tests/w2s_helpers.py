@@ -55,27 +55,9 @@ def write_jsonl(path: Path, n: int = 48) -> list[str]:
     return sorted(words)
 
 
-def run_payloads(source: str, payloads: list[dict]) -> dict:
-    """Run a method the way a trial job does (in-process here; the sandbox is tested on its own)."""
-    import pathlib
-    import tempfile
+def run_request(source: str, request) -> dict:
+    """Predictions {seed: list of floats} of a method run the way a trial job does (in-process here:
+    trusted built-ins; the sandbox is tested on its own). Lists, so a test can tamper with them."""
+    from aar_ray.sandbox.trial import run_trusted
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from aar_ray.config import ProbeConfig
-    from aar_ray.w2s.api import MethodContext
-    from aar_ray.w2s.methods import load_module
-    from aar_ray.w2s.models import Base
-
-    with tempfile.TemporaryDirectory() as d:
-        path = pathlib.Path(d) / "m.py"
-        path.write_text(source)
-        module = load_module(path)
-    out = {}
-    for p in payloads:
-        model = AutoModelForCausalLM.from_pretrained(p["student_dir"]).eval()
-        base = Base(model, AutoTokenizer.from_pretrained(p["student_dir"]), p["student_key"], p["student_dir"])
-        ctx = MethodContext(base, probe=ProbeConfig(**p["probe"]), seed=p["seed"], fidelity=p["fidelity"],
-                            **p["inputs"])
-        out[p["seed"]] = module.run(ctx).tolist()
-    return out
+    return {s: p.tolist() for s, p in run_trusted(source, request).preds.items()}

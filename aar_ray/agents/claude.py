@@ -9,7 +9,7 @@ One `act(observation, results)` is one API call:
    are returned as `ToolCall`s, unvalidated (the executor validates and answers errors).
 A failed call leaves the conversation untouched, so `act` can be called again with the same inputs.
 
-Budgets: before a call, spend at or over `max_dollars` / `max_tokens_total` raises `BudgetExceeded`.
+Budgets: before a call, spend at or over `budget.dollars` / `budget.tokens` raises `BudgetExceeded`.
 A reply that pushes spend over a cap is recorded (spend and conversation) and then `BudgetExceeded`
 is raised instead of returning its tool calls: the cap is hard, and a reply is paid for whether or
 not it is acted on.
@@ -35,113 +35,20 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from dataclasses import asdict
+from typing import Any
 
 import anthropic
 
 from aar_ray.agents.base import BrainError, BudgetExceeded, Spend, ToolCall, ToolResult
 from aar_ray.agents.tools import TOOLS
-from aar_ray.config import _check
+from aar_ray.config import ClaudeConfig, ResearcherBudget
 
 KEY_ENV = "ANTHROPIC_API_KEY"
 STATE_VERSION = 1
 CUT_OFF = ("max_tokens", "model_context_window_exceeded")  # stop reasons that truncate a reply
 SUMMARY_HEADER = "[Summary of your earlier steps; their full transcript is no longer shown]"
 _EPHEMERAL = {"type": "ephemeral"}
-
-
-@dataclass(frozen=True)
-class ModelPrice:
-    """List prices of one model in US$ per million tokens."""
-
-    input: float
-    """Uncached input tokens."""
-    output: float
-    """Output tokens (thinking included)."""
-    cache_write: float
-    """Input tokens written to the prompt cache (5-minute entries: 1.25 x input)."""
-    cache_read: float
-    """Input tokens read from the prompt cache (0.1 x input)."""
-
-    def __post_init__(self) -> None:
-        for name in ("input", "output", "cache_write", "cache_read"):
-            v = getattr(self, name)
-            _check(isinstance(v, (int, float)) and v >= 0, f"prices.{name}", f"must be a number >= 0, got {v!r}")
-
-
-def _default_prices() -> Dict[str, ModelPrice]:
-    # Anthropic's list prices (platform.claude.com model pages), US$ per MTok.
-    return {
-        "claude-sonnet-5-5": ModelPrice(input=2.0, output=10.0, cache_write=2.5, cache_read=0.2),
-        "claude-sonnet-5": ModelPrice(input=2.0, output=10.0, cache_write=2.5, cache_read=0.2),
-        "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
-        "claude-sonnet-4-5": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
-        "claude-haiku-4-5": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
-    }
-
-
-@dataclass(frozen=True)
-class ClaudeConfig:
-    """How a Claude researcher calls the Messages API, and what it may spend."""
-
-    model: str = "claude-sonnet-5-5"
-    """Claude model id; must have an entry in `prices`."""
-    max_tokens: int = 16000
-    """Output-token limit of one reply (thinking included); a method's source must fit in it."""
-    temperature: Optional[float] = None
-    """Sampling temperature for models that accept one; None sends none (Claude Sonnet 5 and later reject it)."""
-    timeout_s: float = 300.0
-    """Per-request timeout in seconds."""
-    max_retries: int = 6
-    """Retries after a 429, 5xx, 529, connection error or timeout before giving up (BrainError)."""
-    backoff_base_s: float = 2.0
-    """First retry's backoff; it doubles per retry, with seeded jitter in [50%, 100%]."""
-    backoff_max_s: float = 60.0
-    """Cap on one exponential backoff."""
-    retry_after_max_s: float = 120.0
-    """Cap on a server's `retry-after`, which replaces the exponential backoff when present."""
-    max_dollars: float = 20.0
-    """Hard cap on this researcher's API spend in US$."""
-    max_tokens_total: int = 30_000_000
-    """Hard cap on this researcher's tokens (input + output + cache writes + cache reads)."""
-    max_context_turns: int = 40
-    """Assistant turns kept in the conversation before old ones are condensed into the summary."""
-    max_context_tokens: int = 150_000
-    """Estimated context size (characters / 4) that also triggers condensing."""
-    keep_recent_turns: int = 8
-    """Assistant turns kept verbatim when condensing."""
-    max_result_chars: int = 20_000
-    """A tool result longer than this is truncated before it is sent."""
-    summary_max_chars: int = 8_000
-    """The running summary keeps its newest lines within this many characters."""
-    prices: Dict[str, ModelPrice] = field(default_factory=_default_prices)
-    """US$ per million tokens, by model id."""
-    mlflow_autolog: bool = False
-    """Trace every call to MLflow (`mlflow.anthropic.autolog`) so the MLflow UI shows it."""
-    mlflow_experiment: str = "claude-traces"
-    """MLflow experiment that receives the traces (e.g. the campaign's)."""
-
-    def __post_init__(self) -> None:
-        _check(self.model in self.prices, "claude.model", f"{self.model!r} has no entry in claude.prices "
-               f"(priced: {', '.join(sorted(self.prices))})")
-        _check(self.max_tokens >= 1, "claude.max_tokens", f"must be >= 1, got {self.max_tokens}")
-        _check(self.temperature is None or 0.0 <= self.temperature <= 1.0, "claude.temperature",
-               f"must be None or in [0, 1], got {self.temperature}")
-        _check(self.timeout_s > 0, "claude.timeout_s", f"must be > 0, got {self.timeout_s}")
-        _check(self.max_retries >= 0, "claude.max_retries", f"must be >= 0, got {self.max_retries}")
-        _check(0 <= self.backoff_base_s <= self.backoff_max_s, "claude.backoff_base_s",
-               f"must be in [0, backoff_max_s={self.backoff_max_s}], got {self.backoff_base_s}")
-        _check(self.retry_after_max_s >= 0, "claude.retry_after_max_s", f"must be >= 0, got {self.retry_after_max_s}")
-        _check(self.max_dollars > 0, "claude.max_dollars", f"must be > 0, got {self.max_dollars}")
-        _check(self.max_tokens_total > 0, "claude.max_tokens_total", f"must be > 0, got {self.max_tokens_total}")
-        _check(1 <= self.keep_recent_turns < self.max_context_turns, "claude.keep_recent_turns",
-               f"must be in [1, max_context_turns={self.max_context_turns}), got {self.keep_recent_turns}")
-        _check(self.max_context_tokens >= 1000, "claude.max_context_tokens",
-               f"must be >= 1000, got {self.max_context_tokens}")
-        _check(self.max_result_chars >= 100, "claude.max_result_chars", f"must be >= 100, got {self.max_result_chars}")
-        _check(bool(self.mlflow_experiment), "claude.mlflow_experiment", "must be non-empty")
-        _check(self.summary_max_chars >= 200, "claude.summary_max_chars", f"must be >= 200, got {self.summary_max_chars}")
 
 
 def _digest(value: Any, n: int) -> str:
@@ -172,11 +79,13 @@ def _retry_after(headers: Any) -> float | None:
 class ClaudeBrain:
     """The Brain protocol (`aar_ray.agents.base`) on Claude. See the module docstring."""
 
-    def __init__(self, cfg: ClaudeConfig, system_prompt: str, seed: int = 0):
+    def __init__(self, cfg: ClaudeConfig, system_prompt: str, seed: int = 0,
+                 budget: ResearcherBudget = ResearcherBudget()):
         key = os.environ.get(KEY_ENV, "")
         if not key:
             raise BrainError(f"{KEY_ENV} is not set")
         self.cfg = cfg
+        self.budget = budget  # its dollars and tokens are the caps (one of each, in the researcher's budget)
         self.system_prompt = system_prompt
         self.price = cfg.prices[cfg.model]
         self.spend = Spend()
@@ -270,11 +179,11 @@ class ClaudeBrain:
     # ---------------- budgets and accounting ----------------
 
     def _over_budget(self) -> str:
-        s, c = self.spend, self.cfg
-        if s.dollars >= c.max_dollars:
-            return f"dollar budget spent: ${s.dollars:.4f} of ${c.max_dollars:.2f}"
-        if s.tokens >= c.max_tokens_total:
-            return f"token budget spent: {s.tokens} of {c.max_tokens_total} tokens"
+        s, c = self.spend, self.budget
+        if s.dollars >= c.dollars:
+            return f"dollar budget spent: ${s.dollars:.4f} of ${c.dollars:.2f}"
+        if s.tokens >= c.tokens:
+            return f"token budget spent: {s.tokens} of {c.tokens} tokens"
         return ""
 
     def _check_budget(self) -> None:

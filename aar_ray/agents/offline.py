@@ -14,6 +14,7 @@ import random
 import re
 
 from aar_ray.agents.base import Spend, ToolCall, ToolResult
+from aar_ray.sandbox.contract import TrialState
 
 # the blocks each direction explores first (its deliberately vague starting point)
 DIRECTION_KEYS: dict[str, list[str]] = {
@@ -155,10 +156,10 @@ class OfflineBrain:
         elif r.name == "get_results":
             for t in c.get("trials", []):
                 tid = t.get("trial_id")
-                if t.get("status") == "scored" and t.get("val_pgr") is not None:
+                if t.get("status") == TrialState.SCORED and t.get("val_pgr") is not None:
                     self.scored[tid] = float(t["val_pgr"]["mean"])
                     self.pending.pop(tid, None)
-                elif t.get("status") in ("failed", "timeout", "refused"):
+                elif t.get("status") in (TrialState.FAILED, TrialState.REFUSED, TrialState.CANCELLED):
                     self.pending.pop(tid, None)
         elif r.name == "leaderboard":
             self.board = [row for row in c.get("leaderboard", []) if isinstance(row, dict)]

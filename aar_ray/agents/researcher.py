@@ -17,6 +17,8 @@ from aar_ray.agents import compose
 from aar_ray.agents.base import (BrainError, BudgetExceeded, DeadlineReached, Finished, ResearchOutcome, StepLimit,
                                  ToolCall, ToolResult, Transcript)
 from aar_ray.agents.tools import validate
+from aar_ray.config import ResearcherBudget
+from aar_ray.sandbox.contract import TrialState
 from aar_ray.w2s.cache import content_key
 from aar_ray.w2s.methods import source_hash
 
@@ -29,24 +31,6 @@ def call(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
 
         return ray.get(fn.remote(*args, **kwargs))
     return fn(*args, **kwargs)
-
-
-@dataclass(frozen=True)
-class ResearcherBudget:
-    """Hard limits on one researcher, enforced by the harness."""
-
-    trials: int = 8
-    """Trials it may submit."""
-    gpu_seconds: float = 1e9
-    """GPU-seconds its jobs may use (from the pool's accounting)."""
-    tokens: int = 2_000_000
-    """LLM tokens (Claude brain)."""
-    dollars: float = 5.0
-    """LLM dollars (Claude brain)."""
-    steps: int = 200
-    """Brain steps (one act() each)."""
-    idle_wait_s: float = 15.0
-    """Longest a step waits for an in-flight trial to finish when the brain asked nothing new."""
 
 
 class ToolExecutor:
@@ -96,9 +80,9 @@ class ToolExecutor:
         if existing:  # the same method and fidelity was already tried (by anyone): its result is shared
             return {"trial_id": trial_id, "method_id": method_id, "status": existing[0]["status"],
                     "composition": comp, "note": "this exact trial already exists; its result is shared"}
-        call(self.forum, "upsert_trial", trial_id, self.rid, method_id, inp["name"], inp["fidelity"], "queued")
+        call(self.forum, "upsert_trial", trial_id, self.rid, method_id, inp["name"], inp["fidelity"], TrialState.QUEUED)
         self.submit_job(trial_id, self.rid, source, inp["fidelity"], inp["name"])
-        return {"trial_id": trial_id, "method_id": method_id, "status": "queued", "composition": comp}
+        return {"trial_id": trial_id, "method_id": method_id, "status": TrialState.QUEUED.value, "composition": comp}
 
     def _tool_get_results(self, inp: dict) -> dict:
         rows = call(self.forum, "trials", self.rid, inp.get("trial_id"))
@@ -106,7 +90,7 @@ class ToolExecutor:
         for r in rows:
             item = {"trial_id": r["trial_id"], "name": r["name"], "method_id": r["method_id"],
                     "fidelity": r["fidelity"], "status": r["status"]}
-            if r["status"] == "scored":
+            if r["status"] == TrialState.SCORED:
                 item["val_pgr"] = {"mean": r["val_pgr_mean"], "std": r["val_pgr_std"]}
                 item["val_acc"] = r["val_acc"]
             if r["error"]:
@@ -140,7 +124,7 @@ class ToolExecutor:
         return self.budget.trials - len(call(self.forum, "trials", self.rid))
 
     def pending(self) -> int:
-        return sum(1 for t in call(self.forum, "trials", self.rid) if t["status"] in ("queued", "running"))
+        return sum(1 for t in call(self.forum, "trials", self.rid) if t["status"] == TrialState.QUEUED)
 
 
 class ToolRefused(Exception):
@@ -207,7 +191,7 @@ class Researcher:
         """Nothing new to do until a trial comes back: wait for one (researchers think while jobs run)."""
         def pending() -> set[str]:
             return {t["trial_id"] for t in call(self.executor.forum, "trials", self.rid)
-                    if t["status"] in ("queued", "running")}
+                    if t["status"] == TrialState.QUEUED}
 
         waiting = pending()
         end = time.time() + self.budget.idle_wait_s

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Mapping, Optional
 
+from aar_ray.config import PoolConfig  # noqa: F401 - the pool's policy knobs live with every other setting
+
 
 class JobStatus(str, Enum):
     """Lifecycle of a job. Every status but QUEUED and RUNNING is terminal."""
@@ -117,42 +119,6 @@ class JobSpec:
     @property
     def uses_worker_actor(self) -> bool:
         return self.num_gpus > 0 and not self.fresh_process
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    """Policy knobs of a TaskPool. Frozen and OmegaConf-compatible so a campaign config can embed it."""
-
-    max_in_flight: int = 64
-    """Jobs handed to Ray at once (running plus starting); the rest wait in the pool's queue."""
-    weights: dict[str, float] = field(default_factory=dict)
-    """Fair-share weight per owner (default 1): an owner with weight 2 is due twice the GPU-seconds."""
-    quota_gpu_s: dict[str, float] = field(default_factory=dict)
-    """GPU-second quota per owner; owners not listed get default_quota_gpu_s."""
-    default_quota_gpu_s: Optional[float] = None
-    """Quota for owners not in quota_gpu_s; None means unlimited."""
-    tick_s: float = 0.02
-    """Longest the dispatcher blocks in ray.wait before re-checking timeouts and new submissions."""
-    idle_worker_ttl_s: float = 60.0
-    """A GPU worker actor idle this long is stopped, releasing its GPU reservation to plain Ray."""
-    worker_start_timeout_s: float = 120.0
-    """A GPU worker actor that is not up by then is abandoned and its job counted as an attempt."""
-    capacity_refresh_s: float = 0.5
-    """How often the dispatcher re-reads cluster GPUs and live nodes (they change when nodes die)."""
-
-    def __post_init__(self) -> None:
-        if self.max_in_flight < 1:
-            raise ValueError(f"PoolConfig.max_in_flight must be >= 1, got {self.max_in_flight}")
-        if any(w <= 0 for w in self.weights.values()):
-            raise ValueError(f"PoolConfig.weights must be positive, got {self.weights}")
-        if self.tick_s <= 0:
-            raise ValueError(f"PoolConfig.tick_s must be > 0, got {self.tick_s}")
-
-    def quota_for(self, owner: str) -> Optional[float]:
-        return self.quota_gpu_s.get(owner, self.default_quota_gpu_s)
-
-    def weight_for(self, owner: str) -> float:
-        return self.weights.get(owner, 1.0)
 
 
 @dataclass(frozen=True)

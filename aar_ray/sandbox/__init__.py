@@ -1,21 +1,22 @@
-"""Sandbox for agent-written method code: no labels, no network, bounded CPU, memory, time and
-processes, and a harness it cannot tamper with.
+"""Sandbox for agent-written method code, and the trial boundary it enforces: no labels, no
+network, bounded CPU, memory, time and processes, and a harness it cannot tamper with.
 
-    run_method_sandboxed(method_path, student_dir, inputs, probe=..., seed=..., timeout_s=..., limits=...)
-        -> SandboxResult(status, reason, preds, losses, layers, ...)     (runner.py; never raises for
-                                                                          anything the method does)
-    run_method_sandboxed_seeds(method_path, student_dir, {seed: inputs, ...}, probe=..., timeout_s=...)
-        -> SandboxResult with preds {seed: tensor}, losses {seed: [...]}: ONE child runs every seed
-           (torch, transformers and the student load once); timeout_s covers the whole run; ok only
-           if every seed is; a failure's reason starts with its seed ("seed 1: ...")
-    engine_runner(timeout_s, limits)   an aar_ray.w2s.engine.Runner; raises SandboxFailure(result)
-    host()                             which layers this machine offers, probed once per process
+The folder is the boundary (one typed request in, one typed outcome out):
+    contract.py  TrialRequest / TrialOutcome / TrialStatus: what crosses every process boundary
+    trial.py     run_trial(source, request, settings): the pool's job on a Ray worker
+    runner.py    run_sandboxed(request, method_path, limits) -> TrialOutcome (harness side; never
+                 raises for anything the method does); run_method_sandboxed(_seeds) build the request
+                 from loose parts; engine_runner(...) is an aar_ray.w2s.engine.Runner; host() probes
+                 which layers this machine offers, once per process
+    launch.py    the trusted launcher (root): rlimits, cgroups, uid drop, wall clock, fds
+    child.py     inside the sandbox: reads the request, confines itself, runs the method per seed
+    cli.py       `aar trial METHOD.py`: one method, exactly as a campaign trial runs it
 
-Process tree of one trial (runner.py -> launch.py -> bwrap -> aar_ray/sandbox_child.py):
+Process tree of one trial (described here once):
     harness --stdin spec--> launcher (root, subreaper, per-trial cgroups, wall clock)
       --fork, setsid, rlimits, private mount ns with read-only staged binds, setuid--> env -i bwrap
       --unshare-all, cap-drop ALL, disable-userns, ro binds, tmpfs scratch and /tmp--> child
-      --Landlock, then seccomp, before any thread--> import torch, load inputs --> the method.
+      --Landlock, then seccomp, before any thread--> import torch, read the request --> the method.
 
 Layers, each recorded in SandboxResult.layers when it applied:
   uid        as root, a dedicated system user `aar-sandbox` (created with useradd if missing; falls
@@ -49,8 +50,15 @@ launcher's report, its own clock and the child's attestation written before any 
 
 This package imports no torch at module level: the launcher imports it and must start fast.
 """
-from aar_ray.sandbox.runner import (STATUSES, SandboxError, SandboxFailure, SandboxLimits, SandboxResult,
-                                    engine_runner, host, run_method_sandboxed, run_method_sandboxed_seeds)
+_EXPORTS = {"STATUSES", "SandboxError", "SandboxFailure", "SandboxLimits", "engine_runner", "host", "request_for",
+            "run_method_sandboxed", "run_method_sandboxed_seeds", "run_sandboxed"}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["STATUSES", "SandboxError", "SandboxFailure", "SandboxLimits", "SandboxResult", "engine_runner", "host",
-           "run_method_sandboxed", "run_method_sandboxed_seeds"]
+
+def __getattr__(name: str):
+    """Lazy: the sandboxed child imports this package too, and needs none of the harness side."""
+    if name in _EXPORTS:
+        from aar_ray.sandbox import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'aar_ray.sandbox' has no attribute {name!r}")

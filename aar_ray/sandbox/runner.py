@@ -1,14 +1,15 @@
-"""Harness side of the sandbox: run one method file on prepared inputs in a confined child.
+"""Harness side of the sandbox: run one method file on a `TrialRequest` in a confined child.
 
-    result = run_method_sandboxed(method_path, student_dir, inputs, probe=cfg.probe, seed=0)
-    result.status, result.reason, result.preds, result.losses, result.layers
+    outcome = run_sandboxed(request, method_path, limits=SandboxLimits())     # -> TrialOutcome
+    outcome.status, outcome.reason, outcome.preds[seed], outcome.losses[seed], outcome.layers,
+    outcome.device, outcome.dtype                    # the device and dtype the child actually used
 
-    result = run_method_sandboxed_seeds(method_path, student_dir, {0: inputs0, 1: inputs1}, probe=cfg.probe)
-    result.preds[1], result.losses[1]      # one child runs every seed; a failure's reason names its seed
+    run_method_sandboxed(method_path, student_dir, inputs, probe=..., seed=0)  # one seed, built for you
+    run_method_sandboxed_seeds(method_path, student_dir, {0: inputs0, 1: inputs1}, probe=...)
 
 Agent code never enters this process. A trial is:
   1. static pre-check of the source (a courtesy; the layers are the defence);
-  2. a trial directory: in/ (inputs, method copy, child spec; what the sandbox may read) and
+  2. a trial directory: in/ (the request and its inputs, method copy, child spec; what the sandbox may read) and
      private/ (root-owned 0700: result files the child writes through inherited fds, logs);
   3. the trusted launcher (aar_ray.sandbox.launch) starts the child under rlimits, cgroups, a
      dedicated uid and bubblewrap; the child applies Landlock and seccomp to itself before it
@@ -35,31 +36,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
+from aar_ray.config import ProbeConfig
 from aar_ray.sandbox import precheck
+from aar_ray.sandbox.contract import (INPUT_KEYS, SeedInputs, StudentSpec, TrialLimits, TrialOutcome, TrialRequest,
+                                      TrialStatus)
 
 SANDBOX_USER = "aar-sandbox"
 STAGE_DIR = "/run/aar-sandbox"  # empty mountpoint; the launcher mounts a tmpfs over it in a private mount ns
-INPUT_KEYS = ("train_ids", "train_mask", "weak_labels", "eval_ids", "eval_mask")
 MAX_RESULT_BYTES = 64 << 20
 MAX_HEADER_BYTES = 1 << 16
-MAX_SEEDS = 256
-STATUSES = ("ok", "rejected", "failed", "invalid_output", "timeout", "cpu_limit", "memory_limit", "pids_limit",
-            "crashed", "leftover_processes", "sandbox_error")
-# ok                  predictions passed validation
-# rejected            static pre-check refused the source (nothing ran)
-# failed              run(ctx) raised (the reason names the exception), or the method file is broken
-# invalid_output      it returned something other than a finite float tensor of shape (N_eval,) in [0, 1]
-# timeout             wall-clock limit; the whole process tree was killed
-# cpu_limit           CPU-seconds rlimit (SIGXCPU / SIGKILL)
-# memory_limit        address-space rlimit (MemoryError) or the cgroup OOM killer
-# pids_limit          hit the process limit (fork bomb) and died of it
-# crashed             killed by a signal (segfault, abort, ...)
-# leftover_processes  run() returned but left processes behind (they were killed)
-# sandbox_error       the harness could not start the sandbox; not the method's fault
+STATUSES = tuple(s.value for s in TrialStatus)  # what `aar trial` may print (see TrialStatus for each)
 
 
 class SandboxError(RuntimeError):
@@ -68,16 +59,13 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Every limit of a sandboxed trial. They live here, in the harness, never in the trial."""
+    """The sandbox's policy: every limit and layer beyond the request's own (time, memory, threads in
+    `TrialRequest.limits`). They live here, in the harness, never in the trial."""
 
-    memory_mb: int = 8192
-    """Address-space rlimit per process (torch needs ~4 GiB of address space just to import)."""
     oom_mb: int | None = None
-    """cgroup memory cap on resident memory, page cache and tmpfs of the whole trial; None: memory_mb."""
+    """cgroup memory cap on resident memory, page cache and tmpfs of the whole trial; None: the request's memory_mb."""
     cpu_s: float | None = None
-    """CPU-seconds soft rlimit per process (hard = soft + 5); None: timeout_s x threads."""
-    threads: int = 1
-    """torch intra-op threads, and the cgroup CPU quota in cores."""
+    """CPU-seconds soft rlimit per process (hard = soft + 5); None: the request's timeout x threads."""
     pids: int = 128
     """Processes+threads of one trial (cgroup pids.max)."""
     nproc: int = 1024
@@ -99,36 +87,11 @@ class SandboxLimits:
     """Device files to expose read-write (e.g. /dev/nvidia0, /dev/nvidiactl, /dev/nvidia-uvm for a GPU trial)."""
 
 
-@dataclass
-class SandboxResult:
-    status: str
-    reason: str
-    preds: object = None  # when status == "ok": torch.Tensor (N_eval,) float32; multi-seed: {seed: tensor}
-    losses: list[tuple[int, float]] | dict[int, list[tuple[int, float]]] = field(default_factory=list)
-    layers: list[str] = field(default_factory=list)
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    log_tail: str = ""
-    timings: dict = field(default_factory=dict)  # the child's own (untrusted) phase timings
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def summary(self) -> dict:
-        """JSON-safe: no predictions."""
-        d = asdict(self)
-        d.pop("preds")
-        d["losses"] = ({s: len(v) for s, v in self.losses.items()} if isinstance(self.losses, dict)
-                       else len(self.losses))
-        return d
-
-
 class SandboxFailure(RuntimeError):
     """Raised by the engine-facing runner when a sandboxed trial does not return valid predictions."""
 
-    def __init__(self, result: SandboxResult):
-        super().__init__(f"{result.status}: {result.reason}")
+    def __init__(self, result: TrialOutcome):
+        super().__init__(f"{result.status.value}: {result.reason}")
         self.result = result
 
 
@@ -260,7 +223,7 @@ def _child_argv(python: str, spec: str, pkg: str | None) -> list[str]:
     elsewhere, e.g. when `ray job submit` ships the package in a job's working dir)."""
     parent = os.path.dirname(pkg) if pkg else os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     code = (f"import sys; sys.path.insert(0, {parent!r}); import runpy; "
-            "runpy.run_module('aar_ray.sandbox_child', run_name='__main__', alter_sys=True)")
+            "runpy.run_module('aar_ray.sandbox.child', run_name='__main__', alter_sys=True)")
     return [python, "-I", "-c", code, spec]
 
 
@@ -272,21 +235,32 @@ def _child_env(threads: int, home: str) -> dict[str, str]:
             "OPENBLAS_NUM_THREADS": n}
 
 
-def _plan(h: Host, lim: SandboxLimits, trial: Path, student: str, timeout_s: float,
-          device: str) -> tuple[dict, dict, list, bool]:
+def _plan(h: Host, lim: SandboxLimits, trial: Path, request: TrialRequest) -> tuple[dict, dict, list, bool]:
     """(launcher spec, child spec, layers planned, bwrap used) for one trial."""
-    trees = _runtime_trees()
-    python = os.path.join(trees["venv"], "bin", "python")
-    priv = trial / "private"
+    launcher, layers = _plan_launcher(h, lim, trial, request)
     use_bwrap = lim.use_bwrap and h.bwrap is not None
+    plan = _plan_bwrap if use_bwrap else _plan_direct
+    paths = plan(h, lim, trial, os.path.realpath(request.student.path), launcher, layers, request.limits.threads)
+    child = {"request": paths["in"], "method": f"{paths['in']}/method.py", "student": paths["student"],
+             "scratch": paths["scratch"],
+             "landlock": {"read": paths["ro"] + ["/proc/self", "/proc/cpuinfo", "/dev/urandom", "/dev/random",
+                                                 "/dev/zero"],
+                          "write": paths["rw"] + ["/dev/null"], "devices": list(lim.devices)} if lim.use_landlock else None,
+             "seccomp": lim.use_seccomp and h.seccomp, "unix_sockets": use_bwrap,  # host sockets hidden by bwrap
+             "out_fd": 3, "err_fd": 4, "attest_fd": 5, "progress_fd": 6}
+    return launcher, child, layers, use_bwrap
+
+
+def _plan_launcher(h: Host, lim: SandboxLimits, trial: Path, request: TrialRequest) -> tuple[dict, list]:
+    """The launcher's part: result fds, wall clock, uid, rlimits and cgroup caps."""
+    priv, threads, timeout_s = trial / "private", request.limits.threads, request.timeout_s
     layers: list[str] = []
-    threads = max(1, lim.threads)
     launcher = {"fds": {"1": str(priv / "stdout.log"), "2": str(priv / "stderr.log"), "3": str(priv / "out.bin"),
                         "4": str(priv / "error.json"), "5": str(priv / "attest.json"),
                         "6": str(priv / "progress.log")},
                 "timeout_s": timeout_s, "uid": h.uid, "gid": h.gid, "cwd": "/"}
     cpu = int(lim.cpu_s if lim.cpu_s is not None else timeout_s * threads) + 1
-    mem = lim.memory_mb << 20
+    mem = request.limits.memory_mb << 20
     launcher["rlimits"] = {"as": [mem, mem], "cpu": [cpu, cpu + 5], "nofile": [lim.nofile, lim.nofile],
                            "fsize": [lim.fsize_mb << 20, lim.fsize_mb << 20], "core": [0, 0]}
     if h.uid is not None:  # NPROC counts every process of the uid: only meaningful for a dedicated uid
@@ -294,63 +268,73 @@ def _plan(h: Host, lim: SandboxLimits, trial: Path, student: str, timeout_s: flo
         layers.append(f"uid:{h.user}({h.uid})")
     layers.append("rlimits(as,cpu,nofile,fsize,core" + (",nproc" if h.uid is not None else "") + ")")
     if lim.use_cgroup and h.cgroup:
-        launcher["cgroup"] = {"memory": (lim.oom_mb or lim.memory_mb) << 20, "pids": lim.pids, "cpus": threads}
+        launcher["cgroup"] = {"memory": (lim.oom_mb or request.limits.memory_mb) << 20, "pids": lim.pids,
+                              "cpus": threads}
     layers.append("env-cleared")
-    if use_bwrap:
-        inside = {"python": trees["python"], "venv": trees["venv"], "pkg": PKG_INSIDE if trees.get("pkg") else None,
-                  "in": "/aar/in", "student": "/aar/student"}
-        sources = {"python": trees["python"], "venv": trees["venv"], "pkg": trees.get("pkg"), "in": str(trial / "in"),
-                   "student": student}
-        sources = {k: v for k, v in sources.items() if v}
-        if h.stage:  # bwrap runs as the sandbox uid: give it sources it can reach
-            launcher["stage"] = {"dir": STAGE_DIR, "binds": [[v, k] for k, v in sources.items()]}
-            sources = {k: f"{STAGE_DIR}/{k}" for k in sources}
-            layers.append("staged-binds")
-        argv = ["/usr/bin/env", "-i", h.bwrap, *_BWRAP_FLAGS]
-        for p in _system_ro():
-            argv += ["--ro-bind", p, p]
-        for link in ("/lib", "/lib64", "/lib32"):
-            if os.path.islink(link):
-                argv += ["--symlink", os.readlink(link), link]
-        argv += ["--dev", "/dev", "--proc", "/proc",
-                 "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/aar/scratch",
-                 "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/tmp",
-                 "--perms", "1777", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/dev/shm"]
-        # after the tmpfs mounts: an interpreter or venv that lives under /tmp (a checkout in /tmp) stays
-        # visible, read-only, inside the fresh /tmp
-        for k, src in sources.items():
-            argv += ["--ro-bind", src, inside[k]]
-        for d in lim.devices:
-            argv += ["--dev-bind", d, d]
-        for k, v in _child_env(threads, "/aar/scratch").items():
-            argv += ["--setenv", k, v]
-        argv += ["--chdir", "/aar/scratch", "--", *_child_argv(python, "/aar/in/spec.json", inside["pkg"])]
-        launcher.update(argv=argv, env={})
-        layers.append("bwrap(" + ",".join(["unshare-all", "cap-drop", "disable-userns", "ro-binds", "tmpfs"]) + ")")
-        inn, scratch, stu = "/aar/in", "/aar/scratch", "/aar/student"
-        ro = [inside["python"], inside["venv"], *([inside["pkg"]] if inside["pkg"] else []), inn, stu, *_system_ro()]
-        rw = [scratch, "/tmp", "/dev/shm"]
-    else:
-        scratch = trial / "scratch"
-        scratch.mkdir(mode=0o700)
-        if h.uid is not None:
-            os.chown(scratch, h.uid, h.gid)
-        inn, scratch, stu = str(trial / "in"), str(scratch), student
-        ro = [*trees.values(), inn, stu, *_system_ro()]
-        rw = [scratch]
-        if h.stage:
-            launcher["expose"] = [*trees.values(), inn, stu]
-            layers.append("exposed-in-place")
-        launcher.update(argv=_child_argv(python, f"{inn}/spec.json", trees.get("pkg")),
-                        env=_child_env(threads, scratch), cwd=scratch,
-                        check_readable=[python, os.path.join(trees["python"], "lib"), f"{inn}/spec.json", stu, scratch])
-    child = {"inputs": f"{inn}/inputs.pt", "method": f"{inn}/method.py", "student": stu, "scratch": scratch,
-             "threads": threads, "device": device,
-             "landlock": {"read": ro + ["/proc/self", "/proc/cpuinfo", "/dev/urandom", "/dev/random", "/dev/zero"],
-                          "write": rw + ["/dev/null"], "devices": list(lim.devices)} if lim.use_landlock else None,
-             "seccomp": lim.use_seccomp and h.seccomp, "unix_sockets": use_bwrap,  # host sockets hidden by bwrap
-             "out_fd": 3, "err_fd": 4, "attest_fd": 5, "progress_fd": 6}
-    return launcher, child, layers, use_bwrap
+    return launcher, layers
+
+
+def _plan_bwrap(h: Host, lim: SandboxLimits, trial: Path, student: str, launcher: dict, layers: list,
+                threads: int) -> dict:
+    """Namespaces: only the runtime, the inputs and the student are bound, read-only; tmpfs scratch."""
+    trees = _runtime_trees()
+    python = os.path.join(trees["venv"], "bin", "python")
+    inside = {"python": trees["python"], "venv": trees["venv"], "pkg": PKG_INSIDE if trees.get("pkg") else None,
+              "in": "/aar/in", "student": "/aar/student"}
+    sources = {"python": trees["python"], "venv": trees["venv"], "pkg": trees.get("pkg"), "in": str(trial / "in"),
+               "student": student}
+    sources = {k: v for k, v in sources.items() if v}
+    if h.stage:  # bwrap runs as the sandbox uid: give it sources it can reach
+        launcher["stage"] = {"dir": STAGE_DIR, "binds": [[v, k] for k, v in sources.items()]}
+        sources = {k: f"{STAGE_DIR}/{k}" for k in sources}
+        layers.append("staged-binds")
+    argv = ["/usr/bin/env", "-i", h.bwrap, *_BWRAP_FLAGS]
+    for p in _system_ro():
+        argv += ["--ro-bind", p, p]
+    for link in ("/lib", "/lib64", "/lib32"):
+        if os.path.islink(link):
+            argv += ["--symlink", os.readlink(link), link]
+    argv += ["--dev", "/dev", "--proc", "/proc",
+             "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/aar/scratch",
+             "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/tmp",
+             "--perms", "1777", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/dev/shm"]
+    # after the tmpfs mounts: an interpreter or venv that lives under /tmp (a checkout in /tmp) stays
+    # visible, read-only, inside the fresh /tmp
+    for k, src in sources.items():
+        argv += ["--ro-bind", src, inside[k]]
+    for d in lim.devices:
+        argv += ["--dev-bind", d, d]
+    for k, v in _child_env(threads, "/aar/scratch").items():
+        argv += ["--setenv", k, v]
+    argv += ["--chdir", "/aar/scratch", "--", *_child_argv(python, "/aar/in/spec.json", inside["pkg"])]
+    launcher.update(argv=argv, env={})
+    layers.append("bwrap(" + ",".join(["unshare-all", "cap-drop", "disable-userns", "ro-binds", "tmpfs"]) + ")")
+    ro = [inside["python"], inside["venv"], *([inside["pkg"]] if inside["pkg"] else []), "/aar/in", "/aar/student",
+          *_system_ro()]
+    return {"in": "/aar/in", "student": "/aar/student", "scratch": "/aar/scratch", "ro": ro,
+            "rw": ["/aar/scratch", "/tmp", "/dev/shm"]}
+
+
+def _plan_direct(h: Host, lim: SandboxLimits, trial: Path, student: str, launcher: dict, layers: list,
+                 threads: int) -> dict:
+    """No namespaces (bwrap unusable, e.g. in a pod): the child sees the host's paths; Landlock and
+    seccomp confine it."""
+    trees = _runtime_trees()
+    python = os.path.join(trees["venv"], "bin", "python")
+    scratch = trial / "scratch"
+    scratch.mkdir(mode=0o700)
+    if h.uid is not None:
+        os.chown(scratch, h.uid, h.gid)
+    inn = str(trial / "in")
+    if h.stage:
+        launcher["expose"] = [*trees.values(), inn, student]
+        layers.append("exposed-in-place")
+    launcher.update(argv=_child_argv(python, f"{inn}/spec.json", trees.get("pkg")),
+                    env=_child_env(threads, str(scratch)), cwd=str(scratch),
+                    check_readable=[python, os.path.join(trees["python"], "lib"), f"{inn}/spec.json", student,
+                                    str(scratch)])
+    return {"in": inn, "student": student, "scratch": str(scratch), "ro": [*trees.values(), inn, student, *_system_ro()],
+            "rw": [str(scratch)]}
 
 
 def _share_student(student: str) -> None:
@@ -496,8 +480,18 @@ def _attestation(path: Path) -> tuple[list[str], str | None]:
         return [], "the sandbox child's attestation is unreadable"
 
 
-def _classify(rep: dict, lim: SandboxLimits, cpu_soft: float, trial: Path, n_eval: Mapping[int, int], bwrap: bool,
-              timeout_s: float) -> tuple[str, str, dict | None, dict, dict, int | None]:
+def _student_claim(priv: Path) -> tuple[str, str]:
+    """(device, dtype) the child last said it holds the student on ("student DEVICE DTYPE" progress
+    lines: once at start, again after loading it); ('', '') when it said nothing."""
+    for line in reversed(_tail(priv / "progress.log", 4096).splitlines()):
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "student":
+            return parts[1][:16], parts[2][:16]
+    return "", ""
+
+
+def _classify(rep: dict, lim: SandboxLimits, memory_mb: int, cpu_soft: float, trial: Path,
+              n_eval: Mapping[int, int], bwrap: bool, timeout_s: float) -> tuple:
     """(status, reason, {seed: preds}, {seed: losses}, timings, seed a failure is about) from trusted
     facts first (launcher report), the child's own claims last.
 
@@ -514,172 +508,168 @@ def _classify(rep: dict, lim: SandboxLimits, cpu_soft: float, trial: Path, n_eva
     if current is None and seeds:
         current = seeds[0]
 
-    def _no(status: str, reason: str, seed: int | None = current):
+    def _no(status: TrialStatus, reason: str, seed: int | None = current):
         return status, reason, None, {}, {}, seed
 
+    S = TrialStatus
     if rep.get("timed_out"):
         extra = f"; the process limit ({lim.pids}) was hit {rep['pids_max_hits']} times" if rep.get("pids_max_hits") else ""
         whole = f" (for all {len(seeds)} seeds together)" if len(seeds) > 1 else ""
-        return _no("timeout", f"wall-clock limit of {timeout_s:g}s{whole} reached; every process of the trial was "
+        return _no(S.TIMEOUT, f"wall-clock limit of {timeout_s:g}s{whole} reached; every process of the trial was "
                               f"killed{extra}")
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and rep.get("cpu_s", 0) >= cpu_soft - 0.5):
-        return _no("cpu_limit", f"CPU limit of {cpu_soft:g} CPU-seconds reached (used {rep.get('cpu_s', 0):.1f}s)")
+        return _no(S.CPU_LIMIT, f"CPU limit of {cpu_soft:g} CPU-seconds reached (used {rep.get('cpu_s', 0):.1f}s)")
     if rep.get("oom_kills"):
-        return _no("memory_limit", f"killed by the out-of-memory killer at the {lim.oom_mb or lim.memory_mb} MiB "
+        return _no(S.MEMORY_LIMIT, f"killed by the out-of-memory killer at the {lim.oom_mb or memory_mb} MiB "
                                    "memory cap")
     if err and (err[0] == "MemoryError" or "can't allocate memory" in err[1] or "not enough memory" in err[1]):
-        return _no("memory_limit", f"memory limit of {lim.memory_mb} MiB reached: {err[0]}: {err[1]}")
+        return _no(S.MEMORY_LIMIT, f"memory limit of {memory_mb} MiB reached: {err[0]}: {err[1]}")
     if rep.get("pids_max_hits") and (rc or sig):
         what = f"{err[0]}: {err[1]}" if err else f"exit {rc}" if rc else f"signal {sig}"
-        return _no("pids_limit", f"process limit of {lim.pids} reached ({rep['pids_max_hits']} refused forks); {what}")
+        return _no(S.PIDS_LIMIT, f"process limit of {lim.pids} reached ({rep['pids_max_hits']} refused forks); {what}")
     if sig:
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         if sig == signal.SIGXFSZ:
-            return _no("failed", f"file size limit of {lim.fsize_mb} MiB exceeded (SIGXFSZ)")
+            return _no(S.FAILED, f"file size limit of {lim.fsize_mb} MiB exceeded (SIGXFSZ)")
         if sig == signal.SIGSYS:
-            return _no("crashed", "killed by SIGSYS: it made a system call the sandbox forbids outright "
+            return _no(S.CRASHED, "killed by SIGSYS: it made a system call the sandbox forbids outright "
                                   "(e.g. through the x32 or i386 syscall ABI)")
-        return _no("crashed", f"the method's process was killed by {name}")
+        return _no(S.CRASHED, f"the method's process was killed by {name}")
     if err:
         if err[0] == "LeftoverProcesses":
-            return _no("leftover_processes", err[1])
+            return _no(S.LEFTOVER_PROCESSES, err[1])
         if err[0] == "InvalidOutput":
-            return _no("invalid_output", err[1])
-        return _no("failed", f"run(ctx) raised {err[0]}: {err[1]}")
+            return _no(S.INVALID_OUTPUT, err[1])
+        return _no(S.FAILED, f"run(ctx) raised {err[0]}: {err[1]}")
     if rc:
-        return _no("failed", f"the method's process exited with status {rc} without an error record")
+        return _no(S.FAILED, f"the method's process exited with status {rc} without an error record")
     if rep.get("leftovers_killed"):
-        return _no("leftover_processes", f"{rep['leftovers_killed']} processes outlived run() and were killed")
+        return _no(S.LEFTOVER_PROCESSES, f"{rep['leftovers_killed']} processes outlived run() and were killed")
     preds, losses, problem, timings, bad_seed = _load_result(priv / "out.bin", n_eval)
     if problem:
-        return _no("invalid_output", problem, current if bad_seed is None else bad_seed)
-    return "ok", "predictions validated", preds, losses, timings, None
+        return _no(S.INVALID_OUTPUT, problem, current if bad_seed is None else bad_seed)
+    return S.OK, "predictions validated", preds, losses, timings, None
 
 
-def run_method_sandboxed(method_path: str | os.PathLike, student_dir: str | os.PathLike, inputs: Mapping[str, object],
-                         *, probe: object, seed: int, fidelity: str = "full", batch_size: int = 256,
-                         timeout_s: float = 600.0, limits: SandboxLimits | None = None, check_source: bool = True,
-                         device: str = "cpu", dtype: str = "float32", student_key: str = "",
-                         work_dir: str | os.PathLike | None = None, keep: bool = False) -> SandboxResult:
-    """Run `run(ctx)` of one method file in the sandbox; never raises for anything the method does.
+def run_sandboxed(request: TrialRequest, method_path: str | os.PathLike, *, limits: SandboxLimits | None = None,
+                  check_source: bool = True, work_dir: str | os.PathLike | None = None,
+                  keep: bool = False) -> TrialOutcome:
+    """Run `run(ctx)` of one method file on every seed of `request` in ONE sandboxed child; never
+    raises for anything the method does.
 
-    inputs: the five tensors of INPUT_KEYS (no labels); probe: the ProbeConfig (dataclass) or a dict.
-    student_dir: a from_pretrained-loadable directory. Returns a SandboxResult; `.preds` (a tensor)
-    is set only when status == "ok", `.losses` is a list of (step, loss).
+    The child imports the method once and, per seed (in the request's order), calls
+    torch.manual_seed(seed) and run() on a fresh MethodContext. The request's wall clock (its
+    seed_timeout_s x seeds) and every other limit cover the whole run. The outcome is OK only if every
+    seed returned valid predictions; a failed run stops at its first failing seed, which a multi-seed
+    trial's reason names first ("seed 1: ..."). Raises ValueError only for a harness bug (no student).
     """
-    res, _ = _run_seeds(method_path, student_dir, {int(seed): inputs}, probe=probe, fidelity=fidelity,
-                        batch_size=batch_size, timeout_s=timeout_s, limits=limits, check_source=check_source,
-                        device=device, dtype=dtype, student_key=student_key, work_dir=work_dir, keep=keep)
-    res.preds = res.preds[int(seed)] if res.ok else None
-    res.losses = res.losses[int(seed)] if res.ok else []
-    return res
-
-
-def run_method_sandboxed_seeds(method_path: str | os.PathLike, student_dir: str | os.PathLike,
-                               inputs_by_seed: Mapping[int, Mapping[str, object]], *, probe: object,
-                               fidelity: str = "full", batch_size: int = 256, timeout_s: float = 600.0,
-                               limits: SandboxLimits | None = None, check_source: bool = True, device: str = "cpu",
-                               dtype: str = "float32", student_key: str = "",
-                               work_dir: str | os.PathLike | None = None, keep: bool = False) -> SandboxResult:
-    """Run `run(ctx)` of one method file on every seed in ONE sandboxed child; never raises for
-    anything the method does.
-
-    inputs_by_seed: seed -> the five tensors of INPUT_KEYS (seeds run in this order; the same
-    tensors may be shared by several seeds). The child imports the method once and, per seed, calls
-    torch.manual_seed(seed) and run() on a fresh MethodContext. timeout_s and every other limit
-    cover the whole run. The result is ok only if every seed returned valid predictions; then
-    `.preds` is {seed: float32 tensor (N_eval,)} and `.losses` {seed: [(step, loss), ...]}. A failed
-    run stops at its first failing seed, whose number starts the reason ("seed 1: ...").
-    """
-    res, failed = _run_seeds(method_path, student_dir, inputs_by_seed, probe=probe, fidelity=fidelity,
-                             batch_size=batch_size, timeout_s=timeout_s, limits=limits, check_source=check_source,
-                             device=device, dtype=dtype, student_key=student_key, work_dir=work_dir, keep=keep)
-    if failed is not None:
-        res.reason = f"seed {failed}: {res.reason}"
-    if not res.ok:
-        res.preds, res.losses = None, {}
-    return res
-
-
-def _run_seeds(method_path, student_dir, inputs_by_seed: Mapping[int, Mapping[str, object]], *, probe: object,
-               fidelity: str, batch_size: int, timeout_s: float, limits: SandboxLimits | None, check_source: bool,
-               device: str, dtype: str, student_key: str, work_dir, keep: bool) -> tuple[SandboxResult, int | None]:
-    """One sandboxed child for all seeds: (result with per-seed dicts, seed a run-time failure is about)."""
-    import torch
-
     lim = limits or SandboxLimits()
     t0 = time.monotonic()
     source = Path(method_path).read_text()
     if check_source:
         findings = precheck.check(source, Path(method_path).name)
         if findings:
-            return SandboxResult("rejected", "static pre-check: " + "; ".join(findings[:5]), layers=["precheck"],
-                                 wall_s=time.monotonic() - t0), None
-    if not inputs_by_seed or len(inputs_by_seed) > MAX_SEEDS:
-        raise ValueError(f"inputs_by_seed must hold 1 to {MAX_SEEDS} seeds, got {len(inputs_by_seed)}")
-    for seed, inputs in inputs_by_seed.items():
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seeds must be ints, got {seed!r}")
-        missing_in = [k for k in INPUT_KEYS if not isinstance(inputs.get(k), torch.Tensor)]
-        if missing_in:
-            raise ValueError(f"inputs of seed {seed} lack tensors {missing_in}")
-    student = os.path.realpath(student_dir)
+            return TrialOutcome.failure(TrialStatus.REJECTED, "static pre-check: " + "; ".join(findings[:5]),
+                                        ("precheck",))
+    student = os.path.realpath(request.student.path)
     if not os.path.isdir(student):
-        raise ValueError(f"student_dir {student_dir} is not a directory")
-    if device != "cpu" and not lim.devices:
-        return SandboxResult("sandbox_error", f"device {device!r} needs its device files in SandboxLimits.devices "
-                             "(e.g. /dev/nvidia0, /dev/nvidiactl, /dev/nvidia-uvm)",
-                             wall_s=round(time.monotonic() - t0, 3)), None
-    h = host()
-    if h.uid is not None:
-        try:
-            _share_student(student)
-        except OSError as e:
-            return SandboxResult("sandbox_error", f"student files are not readable by the sandbox uid and cannot be "
-                                 f"made so: {e}", wall_s=round(time.monotonic() - t0, 3)), None
+        raise ValueError(f"the student {request.student.path} is not a directory")
+    refused = _refuse_early(request, lim, student)
+    if refused is not None:
+        return refused
     base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
     trial = Path(tempfile.mkdtemp(prefix="aar-trial-", dir=base))
     try:
-        os.chmod(trial, 0o711)  # traversable, not listable; private/ below is 0700
-        (trial / "in").mkdir(mode=0o755)
-        (trial / "private").mkdir(mode=0o700)
-        n_eval = {int(seed): int(inputs["eval_ids"].shape[0]) for seed, inputs in inputs_by_seed.items()}
-        # one file for all seeds; tensors shared between seeds are stored once (torch.save dedups storages)
-        torch.save({f"{int(seed)}.{k}": inputs[k].detach().cpu().contiguous()
-                    for seed, inputs in inputs_by_seed.items() for k in INPUT_KEYS}, trial / "in" / "inputs.pt")
-        (trial / "in" / "method.py").write_text(source)
-        launcher, child, layers, bwrap = _plan(h, lim, trial, student, timeout_s, device)
-        expected = layers + (["cgroup"] if "cgroup" in launcher else []) + ["subreaper"] \
-            + (["landlock"] if child["landlock"] and h.landlock_abi >= 1 else []) + (["seccomp"] if child["seccomp"] else [])
-        missing = _required_missing(lim, expected)
-        if missing:  # refuse before any agent code runs
-            return SandboxResult("sandbox_error", f"required sandbox layers are unavailable here: {missing} "
-                                 f"(bwrap: {h.bwrap_note}; landlock ABI {h.landlock_abi})", layers=expected,
-                                 wall_s=round(time.monotonic() - t0, 3)), None
-        probe_d = asdict(probe) if hasattr(probe, "__dataclass_fields__") else dict(probe)
-        child.update(probe=probe_d, seeds=[[s, n] for s, n in n_eval.items()], fidelity=fidelity,
-                     batch_size=int(batch_size), dtype=dtype, student_key=student_key)
-        (trial / "in" / "spec.json").write_text(json.dumps(child))
-        for f in (trial / "in").iterdir():
-            os.chmod(f, 0o644)
-        rep = _launch(launcher, timeout_s)
-        priv = trial / "private"
-        child_layers, setup_error = _attestation(priv / "attest.json")
-        layers = (["precheck"] if check_source else []) + layers + rep.get("layers", []) + child_layers
-        log = _tail(priv / "stderr.log") + _tail(priv / "stdout.log", 1000)
-        if rep.get("error") or (setup_error and not rep.get("timed_out")):
-            return SandboxResult("sandbox_error", rep.get("error") or setup_error, layers=layers,
-                                 wall_s=round(time.monotonic() - t0, 3), log_tail=log), None
-        missing = _required_missing(lim, layers)
-        status, reason, preds, losses, timings, failed = _classify(rep, lim, launcher["rlimits"]["cpu"][0], trial,
-                                                                   n_eval, bwrap, timeout_s)
-        if missing and status == "ok":  # the child could not apply a required layer: do not trust the result
-            status, reason, preds, losses = "sandbox_error", f"required layers did not apply: {missing}", None, {}
-        return SandboxResult(status, reason, preds, losses, layers, round(time.monotonic() - t0, 3),
-                             float(rep.get("cpu_s", 0.0)), log, timings), failed
+        outcome = _run_in(trial, request, source, lim, check_source)
+        return dataclasses.replace(outcome, wall_s=round(time.monotonic() - t0, 3))
     finally:
         if not keep:
             shutil.rmtree(trial, ignore_errors=True)
+
+
+def _refuse_early(request: TrialRequest, lim: SandboxLimits, student: str) -> TrialOutcome | None:
+    """A sandbox_error before anything starts: a GPU without its device files, an unreadable student."""
+    if request.student.device != "cpu" and not lim.devices:
+        return TrialOutcome.failure(TrialStatus.SANDBOX_ERROR, f"device {request.student.device!r} needs its device "
+                                    "files in SandboxLimits.devices (e.g. /dev/nvidia0, /dev/nvidiactl, /dev/nvidia-uvm)")
+    if host().uid is not None:
+        try:
+            _share_student(student)
+        except OSError as e:
+            return TrialOutcome.failure(TrialStatus.SANDBOX_ERROR, "student files are not readable by the sandbox "
+                                        f"uid and cannot be made so: {e}")
+    return None
+
+
+def _run_in(trial: Path, request: TrialRequest, source: str, lim: SandboxLimits, check_source: bool) -> TrialOutcome:
+    """Lay out the trial directory, launch the child, and read what came back."""
+    h = host()
+    os.chmod(trial, 0o711)  # traversable, not listable; private/ below is 0700
+    (trial / "in").mkdir(mode=0o755)
+    (trial / "private").mkdir(mode=0o700)
+    request.write(trial / "in")
+    (trial / "in" / "method.py").write_text(source)
+    launcher, child, layers, bwrap = _plan(h, lim, trial, request)
+    expected = layers + (["cgroup"] if "cgroup" in launcher else []) + ["subreaper"] \
+        + (["landlock"] if child["landlock"] and h.landlock_abi >= 1 else []) + (["seccomp"] if child["seccomp"] else [])
+    missing = _required_missing(lim, expected)
+    if missing:  # refuse before any agent code runs
+        return TrialOutcome.failure(TrialStatus.SANDBOX_ERROR, f"required sandbox layers are unavailable here: "
+                                    f"{missing} (bwrap: {h.bwrap_note}; landlock ABI {h.landlock_abi})", tuple(expected))
+    (trial / "in" / "spec.json").write_text(json.dumps(child))
+    for f in (trial / "in").iterdir():
+        os.chmod(f, 0o644)
+    rep = _launch(launcher, request.timeout_s)
+    priv = trial / "private"
+    child_layers, setup_error = _attestation(priv / "attest.json")
+    layers = tuple((["precheck"] if check_source else []) + layers + rep.get("layers", []) + child_layers)
+    log = _tail(priv / "stderr.log") + _tail(priv / "stdout.log", 1000)
+    device, dtype = _student_claim(priv)
+    if rep.get("error") or (setup_error and not rep.get("timed_out")):
+        return TrialOutcome(TrialStatus.SANDBOX_ERROR, rep.get("error") or setup_error, layers, device, dtype,
+                            log_tail=log)
+    n_eval = {s.seed: s.n_eval for s in request.seeds}
+    status, reason, preds, losses, timings, failed = _classify(
+        rep, lim, request.limits.memory_mb, launcher["rlimits"]["cpu"][0], trial, n_eval, bwrap, request.timeout_s)
+    missing = _required_missing(lim, list(layers))
+    if missing and status is TrialStatus.OK:  # the child could not apply a required layer: do not trust the result
+        status, reason, preds, losses = TrialStatus.SANDBOX_ERROR, f"required layers did not apply: {missing}", None, {}
+    if failed is not None and len(n_eval) > 1:
+        reason = f"seed {failed}: {reason}"
+    return TrialOutcome(status, reason, layers, device, dtype, preds or {},
+                        {s: tuple(v) for s, v in (losses or {}).items()}, cpu_s=float(rep.get("cpu_s", 0.0)),
+                        log_tail=log, timings=timings or {}, failed_seed=failed)
+
+
+def request_for(student_dir: str | os.PathLike, inputs_by_seed: Mapping[int, Mapping[str, object]], *,
+                probe: ProbeConfig, fidelity: str = "full", batch_size: int = 256, seed_timeout_s: float = 600.0,
+                memory_mb: int = 8192, threads: int = 1, device: str = "cpu", dtype: str = "float32",
+                student_key: str = "") -> TrialRequest:
+    """A TrialRequest from loose parts (tests, benchmarks, `engine_runner`); campaigns get theirs from the scorer."""
+    seeds = tuple(SeedInputs(seed, **{k: inputs[k] for k in INPUT_KEYS}) for seed, inputs in inputs_by_seed.items())
+    return TrialRequest(seeds=seeds, student=StudentSpec(str(student_dir), student_key, device, dtype), probe=probe,
+                        fidelity=fidelity, batch_size=int(batch_size),
+                        limits=TrialLimits(seed_timeout_s=seed_timeout_s, memory_mb=memory_mb, threads=threads))
+
+
+def run_method_sandboxed(method_path: str | os.PathLike, student_dir: str | os.PathLike, inputs: Mapping[str, object],
+                         *, seed: int, timeout_s: float = 600.0, limits: SandboxLimits | None = None,
+                         check_source: bool = True, work_dir: str | os.PathLike | None = None, keep: bool = False,
+                         **request: object) -> TrialOutcome:
+    """One seed: `run_sandboxed` on `request_for(student_dir, {seed: inputs}, seed_timeout_s=timeout_s,
+    **request)` (request: probe, fidelity, batch_size, memory_mb, threads, device, dtype, student_key)."""
+    req = request_for(student_dir, {int(seed): inputs}, seed_timeout_s=timeout_s, **request)
+    return run_sandboxed(req, method_path, limits=limits, check_source=check_source, work_dir=work_dir, keep=keep)
+
+
+def run_method_sandboxed_seeds(method_path: str | os.PathLike, student_dir: str | os.PathLike,
+                               inputs_by_seed: Mapping[int, Mapping[str, object]], *, timeout_s: float = 600.0,
+                               limits: SandboxLimits | None = None, check_source: bool = True,
+                               work_dir: str | os.PathLike | None = None, keep: bool = False,
+                               **request: object) -> TrialOutcome:
+    """Every seed in ONE child: `run_sandboxed` on a request whose whole wall clock is `timeout_s`."""
+    req = request_for(student_dir, inputs_by_seed, seed_timeout_s=timeout_s / len(inputs_by_seed), **request)
+    return run_sandboxed(req, method_path, limits=limits, check_source=check_source, work_dir=work_dir, keep=keep)
 
 
 def _launch(spec: dict, timeout_s: float) -> dict:
@@ -697,24 +687,25 @@ def _launch(spec: dict, timeout_s: float) -> dict:
         return {"error": f"the sandbox launcher gave no report (exit {p.returncode}): {p.stderr.strip()[-500:]}"}
 
 
-def engine_runner(timeout_s: float = 600.0, limits: SandboxLimits | None = None, check_source: bool = True):
-    """An `aar_ray.w2s.engine.Runner` that runs every method through the sandbox.
-
-    Raises SandboxFailure (carrying the SandboxResult) when the trial is not ok.
-    """
+def engine_runner(timeout_s: float = 600.0, limits: SandboxLimits | None = None, check_source: bool = True,
+                  memory_mb: int = 8192, threads: int = 1):
+    """An `aar_ray.w2s.engine.Runner` that runs every method through the sandbox, on the device and
+    in the dtype the engine loaded the student. Raises SandboxFailure (carrying the TrialOutcome)
+    when the trial is not ok."""
     def run(method_path: Path, trial_inputs) -> tuple[object, list]:
         ctx = trial_inputs.ctx
-        res = run_method_sandboxed(method_path, ctx.student.path, {k: getattr(ctx, k) for k in INPUT_KEYS},
-                                   probe=ctx.probe, seed=ctx.seed, fidelity=ctx.fidelity, batch_size=ctx.batch_size,
-                                   timeout_s=timeout_s, limits=limits, check_source=check_source,
-                                   **student_settings(ctx.student))
+        req = request_for(ctx.student.path, {ctx.seed: {k: getattr(ctx, k) for k in INPUT_KEYS}}, probe=ctx.probe,
+                          fidelity=ctx.fidelity, batch_size=ctx.batch_size, seed_timeout_s=timeout_s,
+                          memory_mb=memory_mb, threads=threads, **student_settings(ctx.student))
+        res = run_sandboxed(req, method_path, limits=limits, check_source=check_source)
         if not res.ok:
             raise SandboxFailure(res)
-        return res.preds, res.losses
+        return res.preds[ctx.seed], list(res.losses[ctx.seed])
     return run
 
 
 def student_settings(student) -> dict:
     """device, dtype and key of a loaded `Base`, for the child to load the same model."""
     p = next(student.model.parameters())
-    return {"device": p.device.type, "dtype": str(p.dtype).removeprefix("torch."), "student_key": student.key}
+    device = p.device.type if p.device.index is None else f"{p.device.type}:{p.device.index}"
+    return {"device": device, "dtype": str(p.dtype).removeprefix("torch."), "student_key": student.key}

@@ -13,7 +13,8 @@ from types import ModuleType
 from aar_ray.config import ConfigError
 
 METHODS_DIR = Path(__file__).resolve().parent
-BUILTINS = ("naive", "confidence", "confident_only", "label_smoothing", "bootstrap")
+# The registry is the folder: every file here is a built-in, naive (the reference) first.
+BUILTINS = ("naive",) + tuple(sorted(p.stem for p in METHODS_DIR.glob("*.py") if p.stem not in ("__init__", "naive")))
 
 
 def resolve(name_or_path: str) -> Path:

@@ -1,5 +1,7 @@
-"""Inside the sandbox: `python -I -m aar_ray.sandbox_child SPEC.json` runs one method file on
-each of the harness's seeds, one after the other, in this one confined process.
+"""Inside the sandbox: `python -I -m aar_ray.sandbox.child SPEC.json` runs one method file on
+each seed of a `TrialRequest` (read from the folder SPEC names), one after the other, in this one
+confined process. SPEC is the sandbox's plan for this child (where things are mounted, which
+layers to apply, which fds to write); the request is the trial's, unchanged since the scorer built it.
 
 The method module is imported once; each seed gets torch.manual_seed(seed), a fresh MethodContext
 (its own inputs, losses and feature cache) and a fresh tokenizer. The student model is loaded at
@@ -13,7 +15,8 @@ Protocol with the harness (aar_ray.sandbox.runner), through fds the launcher ope
         written after Landlock and seccomp are applied and the inputs are loaded, before any
         agent code runs, then closed (the agent cannot reach it afterwards);
   fd 6  progress: a line "seed N" written before each seed runs (so that a timeout, crash or
-        limit can be attributed to a seed; a claim, like everything after agent code starts);
+        limit can be attributed to a seed; a claim, like everything after agent code starts), and
+        "student DEVICE DTYPE" at start and again once the student is loaded (what it ran on);
   fd 3  result, once every seed succeeded: a plain-array record, no pickle: one JSON line
         {"format": "aar-preds-v2", "seeds": [{"seed", "dtype", "shape", "losses": K}, ...],
         "timings"}, then for each seed in that order its predictions' raw little-endian bytes
@@ -33,7 +36,6 @@ import time
 import traceback
 
 PR_SET_CHILD_SUBREAPER = 36
-INPUT_KEYS = ("train_ids", "train_mask", "weak_labels", "eval_ids", "eval_mask")
 
 
 def _write_json(fd: int, obj: dict) -> None:
@@ -91,8 +93,8 @@ class _Student:
     next seed loads a fresh copy, exactly as a run of its own would.
     """
 
-    def __init__(self, spec: dict):
-        self.spec = spec
+    def __init__(self, spec: dict, request):
+        self.spec, self.path, self.want = spec, spec["student"], request.student  # path: where it is mounted
         self.model = None
         self.fingerprint = None
 
@@ -102,11 +104,12 @@ class _Student:
             from transformers import AutoModelForCausalLM
             try:
                 self.model = AutoModelForCausalLM.from_pretrained(
-                    self.spec["student"], dtype=getattr(torch, self.spec.get("dtype", "float32"))
-                ).to(self.spec["device"]).eval()
+                    self.path, dtype=getattr(torch, self.want.dtype)).to(self.want.device).eval()
             except Exception as e:  # noqa: BLE001
-                raise StudentLoadError(f"could not load the student from {self.spec['student']}: {e}") from None
+                raise StudentLoadError(f"could not load the student from {self.path}: {e}") from None
             self.fingerprint = _fingerprint(self.model)
+            p = next(self.model.parameters())
+            _progress(self.spec, f"student {p.device} {str(p.dtype).removeprefix('torch.')}")
         return self.model
 
     def check(self) -> bool:
@@ -123,7 +126,7 @@ class _Student:
             import torch
             self.model = self.fingerprint = None
             gc.collect()
-            if self.spec["device"].startswith("cuda") and torch.cuda.is_available():
+            if self.want.device.startswith("cuda") and torch.cuda.is_available():
                 torch.cuda.empty_cache()
         return not same
 
@@ -158,7 +161,7 @@ def _fingerprint(model) -> tuple:
     return tuple(tree), tuple(meta), tuple(values), model.config.to_json_string()
 
 
-def _lazy_base(spec: dict, student: _Student):
+def _lazy_base(student: _Student):
     """A `Base` whose model (shared through `student`) and tokenizer (its own) load on first use.
 
     Loading the student means importing transformers (seconds); a method that fails before it
@@ -169,7 +172,7 @@ def _lazy_base(spec: dict, student: _Student):
 
     class LazyBase(Base):
         def __init__(self):  # Base's own __init__ would assign the fields these properties replace
-            self.key, self.path = spec.get("student_key", ""), spec["student"]
+            self.key, self.path = student.want.key, student.path
             self._tok = None
 
         @property
@@ -191,21 +194,27 @@ class StudentLoadError(RuntimeError):
     pass
 
 
-def _load_inputs(spec: dict) -> dict[int, dict]:
-    """seed -> the five input tensors, from the one file the harness wrote ("<seed>.<key>" entries)."""
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    flat = torch.load(spec["inputs"], weights_only=True)
-    return {int(seed): {k: flat[f"{int(seed)}.{k}"] for k in INPUT_KEYS} for seed, _ in spec["seeds"]}
-
-
-def _context(spec: dict, seed: int, inputs: dict, student: _Student):
-    from aar_ray.config import ProbeConfig
+def _context(seed_inputs, request, student: _Student):
     from aar_ray.w2s.api import MethodContext
 
-    return MethodContext(student=_lazy_base(spec, student), **inputs, probe=ProbeConfig(**spec["probe"]), seed=seed,
-                         fidelity=spec["fidelity"], batch_size=spec["batch_size"])
+    return MethodContext(student=_lazy_base(student), **seed_inputs.tensors(), probe=request.probe,
+                         seed=seed_inputs.seed, fidelity=request.fidelity, batch_size=request.batch_size)
+
+
+def _prepare(spec: dict):
+    """Confine this process, then read the request and check its device: (request, layers).
+    Raises with the layers applied so far in `_prepare.layers` when any of it fails."""
+    _prepare.layers = _confine(spec)  # before torch starts any thread
+    import torch
+
+    from aar_ray.sandbox.contract import TrialRequest
+
+    request = TrialRequest.read(spec["request"])
+    torch.set_num_threads(request.limits.threads)
+    device = request.student.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"the trial asks for device {device!r} but no CUDA device is visible in the sandbox")
+    return request, _prepare.layers
 
 
 def _error(spec: dict, kind: str, message: str, seed: int | None = None) -> None:
@@ -227,92 +236,114 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     with open(argv[0]) as f:
         spec = json.load(f)
-    layers: list[str] = []
+    _prepare.layers = []
     try:
-        layers = _confine(spec)
-        timings = {"confine_s": time.monotonic() - t0}
-        inputs = _load_inputs(spec)
-        timings["load_s"] = time.monotonic() - t0 - timings["confine_s"]
-    except Exception as e:  # noqa: BLE001 - a layer that cannot apply, or unreadable inputs, stop the trial
-        _write_json(spec["attest_fd"], {"layers": layers, "error": f"{type(e).__name__}: {e}"[:2000]})
+        request, layers = _prepare(spec)
+    except Exception as e:  # noqa: BLE001 - a layer that cannot apply, or an unreadable request, stop the trial
+        _write_json(spec["attest_fd"], {"layers": _prepare.layers, "error": f"{type(e).__name__}: {e}"[:2000]})
         return 2
     _write_json(spec["attest_fd"], {"layers": layers})
+    _progress(spec, f"student {request.student.device} {request.student.dtype}")
+    timings = {"setup_s": time.monotonic() - t0}
 
     # ---- agent code from here on ----
-    import importlib.util
-
-    import numpy as np
-    import torch
-
-    from aar_ray.w2s.engine import validate_predictions
-
     main_pid = os.getpid()
-
-    def raised(e: BaseException, seed: int | None) -> int:
-        if os.getpid() != main_pid:  # a forked copy unwinding: it has nothing to report
-            os._exit(1)
-        tb = traceback.extract_tb(e.__traceback__)
-        where = next((f"line {fr.lineno} of the method" for fr in reversed(tb) if fr.filename == spec["method"]), "")
-        msg = str(e) if str(e) else repr(e)
-        _error(spec, type(e).__name__, f"{msg}{f' ({where})' if where else ''}", seed)
-        return 1
-
     try:  # the method file is imported once, before the first seed
         t1 = time.monotonic()
-        mspec = importlib.util.spec_from_file_location("aar_method", spec["method"])
-        module = importlib.util.module_from_spec(mspec)
-        mspec.loader.exec_module(module)
-        if not callable(getattr(module, "run", None)):
-            raise AttributeError("the method file defines no run(ctx) function")
+        module = _import_method(spec["method"])
         timings["import_s"] = time.monotonic() - t1
     except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the trial too
-        return raised(e, None)
-    student = _Student(spec)
+        return _raised(spec, main_pid, e, None)
+    student = _Student(spec, request)
     records: list[tuple[dict, bytes]] = []
     timings["run_s"] = 0.0
-    reloads = 0
-    for seed, n_eval in ((int(s), int(n)) for s, n in spec["seeds"]):
+    for seed_inputs in request.seeds:
+        seed = seed_inputs.seed
         try:
-            _progress(spec, f"seed {seed}")
-            os.chdir(spec["scratch"])
-            torch.set_num_threads(spec["threads"])
-            torch.set_grad_enabled(True)
-            ctx = _context(spec, seed, inputs.pop(seed), student)
-            torch.manual_seed(seed)
             t1 = time.monotonic()
-            preds = module.run(ctx)
+            preds, losses = _run_one(spec, request, module, seed_inputs, student)
             timings[f"run_s.seed{seed}"] = time.monotonic() - t1
             timings["run_s"] += timings[f"run_s.seed{seed}"]
         except BaseException as e:  # noqa: BLE001
-            return raised(e, seed)
+            return _raised(spec, main_pid, e, seed)
         if os.getpid() != main_pid:  # a forked copy returning from run(): only the main process reports
             os._exit(0)
-        if not isinstance(preds, torch.Tensor):
-            _error(spec, "InvalidOutput", f"run(ctx) must return a torch.Tensor, got {type(preds).__name__}", seed)
+        problem = _invalid(preds, seed_inputs.n_eval)
+        if problem:
+            _error(spec, *problem, seed)
             return 1
-        left = _leftover_children()
-        if left:
-            _error(spec, "LeftoverProcesses", f"run(ctx) returned with {left} process(es) still running "
-                                              "(a daemon or an unjoined worker); they were killed", seed)
-            return 1
-        try:  # a courtesy that stops a bad run early; the harness validates the record itself
-            validate_predictions(preds, n_eval)
-        except ValueError as e:
-            _error(spec, "InvalidOutput", str(e), seed)
-            return 1
-        wide = preds.dtype == torch.float64
-        p = preds.detach().cpu().to(torch.float64 if wide else torch.float32).contiguous().numpy()
-        p = p.astype("<f8" if wide else "<f4", copy=False)  # little-endian, as the header says
-        losses = np.asarray([[float(s), float(v)] for s, v in ctx.losses], dtype="<f8").reshape(-1, 2)
-        records.append(({"seed": seed, "dtype": str(p.dtype), "shape": list(p.shape), "losses": len(losses)},
-                        p.tobytes() + losses.tobytes()))
-        del ctx, preds
-        reloads += student.check()
-    timings["student_reloads"] = reloads
+        records.append(_record(seed, preds, losses))
+        del preds
+        timings["student_reloads"] = timings.get("student_reloads", 0) + student.check()
     head = {"format": "aar-preds-v2", "seeds": [h for h, _ in records], "timings": timings}
     with os.fdopen(spec["out_fd"], "wb") as f:
         f.write(json.dumps(head).encode() + b"\n" + b"".join(body for _, body in records))
     return 0
+
+
+def _import_method(path: str):
+    import importlib.util
+
+    mspec = importlib.util.spec_from_file_location("aar_method", path)
+    module = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(module)
+    if not callable(getattr(module, "run", None)):
+        raise AttributeError("the method file defines no run(ctx) function")
+    return module
+
+
+def _run_one(spec: dict, request, module, seed_inputs, student: _Student):
+    """One seed: reset what a previous seed may have changed, then run(ctx). -> (preds, losses)."""
+    import torch
+
+    _progress(spec, f"seed {seed_inputs.seed}")
+    os.chdir(spec["scratch"])
+    torch.set_num_threads(request.limits.threads)
+    torch.set_grad_enabled(True)
+    ctx = _context(seed_inputs, request, student)
+    torch.manual_seed(seed_inputs.seed)
+    return module.run(ctx), list(ctx.losses)
+
+
+def _raised(spec: dict, main_pid: int, e: BaseException, seed: int | None) -> int:
+    if os.getpid() != main_pid:  # a forked copy unwinding: it has nothing to report
+        os._exit(1)
+    tb = traceback.extract_tb(e.__traceback__)
+    where = next((f"line {fr.lineno} of the method" for fr in reversed(tb) if fr.filename == spec["method"]), "")
+    msg = str(e) if str(e) else repr(e)
+    _error(spec, type(e).__name__, f"{msg}{f' ({where})' if where else ''}", seed)
+    return 1
+
+
+def _invalid(preds, n_eval: int) -> tuple[str, str] | None:
+    """(kind, message) when run() returned no usable predictions or left processes behind."""
+    import torch
+
+    from aar_ray.w2s.engine import validate_predictions
+
+    if not isinstance(preds, torch.Tensor):
+        return "InvalidOutput", f"run(ctx) must return a torch.Tensor, got {type(preds).__name__}"
+    left = _leftover_children()
+    if left:
+        return "LeftoverProcesses", (f"run(ctx) returned with {left} process(es) still running (a daemon or an "
+                                     "unjoined worker); they were killed")
+    try:  # a courtesy that stops a bad run early; the harness validates the record itself
+        validate_predictions(preds, n_eval)
+    except ValueError as e:
+        return "InvalidOutput", str(e)
+    return None
+
+
+def _record(seed: int, preds, losses: list) -> tuple[dict, bytes]:
+    """One seed's entry of the plain-array result record: (header, raw bytes)."""
+    import numpy as np
+    import torch
+
+    wide = preds.dtype == torch.float64
+    p = preds.detach().cpu().to(torch.float64 if wide else torch.float32).contiguous().numpy()
+    p = p.astype("<f8" if wide else "<f4", copy=False)  # little-endian, as the header says
+    rows = np.asarray([[float(s), float(v)] for s, v in losses], dtype="<f8").reshape(-1, 2)
+    return {"seed": seed, "dtype": str(p.dtype), "shape": list(p.shape), "losses": len(rows)}, p.tobytes() + rows.tobytes()
 
 
 if __name__ == "__main__":

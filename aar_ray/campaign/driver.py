@@ -1,0 +1,295 @@
+"""`run_campaign(cfg)`: one short function per phase (see the package docstring)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aar_ray.campaign.progress import Progress
+from aar_ray.campaign.services import DRIVER, Services, method_id, start_services
+from aar_ray.config import PROJECT_ROOT, CampaignConfig, to_yaml
+from aar_ray.sandbox.contract import TrialState
+
+
+class CampaignError(RuntimeError):
+    """The campaign cannot start or go on; the message says why."""
+
+
+@dataclass
+class Run:
+    """One campaign run's identity and where it records: what every phase needs."""
+
+    cfg: CampaignConfig
+    kind: str  # the brain: 'claude' or 'offline'
+    run_dir: Path
+    resumed: bool
+    tracker: object
+    experiment_id: str
+    campaign_run: str
+    directions: dict[str, str]  # researcher id -> direction
+    researcher_runs: dict[str, str]  # researcher id (and DRIVER) -> MLflow run
+    t_start: float = field(default_factory=time.time)
+
+    @property
+    def rids(self) -> list[str]:
+        return list(self.directions)
+
+
+def brain_kind(cfg: CampaignConfig) -> str:
+    """Which brain the researchers use; a Claude preset without a key fails here, before anything runs."""
+    has_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
+    if cfg.brain == "claude" and not has_key:
+        raise CampaignError("this preset uses the Claude brain (brain=claude) but ANTHROPIC_API_KEY is not set; "
+                            "export it, or run with brain=offline")
+    if cfg.brain == "auto":
+        return "claude" if has_key else "offline"
+    return cfg.brain
+
+
+def runs_root(cfg: CampaignConfig) -> Path:
+    return Path(cfg.runs_dir or os.environ.get("AAR_RUNS_DIR") or PROJECT_ROOT / "runs")
+
+
+def experiment_name(campaign_id: str) -> str:
+    return f"aar-campaign/{campaign_id}"
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every actor and job needs to find the same caches and tracking store."""
+    from aar_ray import tracking
+    from aar_ray.w2s import cache
+
+    env = {"AAR_CACHE_DIR": str(cache.cache_dir()), "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "MLFLOW_DISABLE_TELEMETRY": "true",
+           "TOKENIZERS_PARALLELISM": "false"}
+    for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        if os.environ.get(k):
+            env[k] = os.environ[k]
+    return env
+
+
+def connect_ray(cfg: CampaignConfig, namespace: str) -> bool:
+    """Connect to RAY_ADDRESS / cfg.ray.address, or start a local Ray. Returns True if we started it."""
+    import ray
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    if ray.is_initialized():
+        return False
+    if address:
+        # A job from `ray job submit` already has its runtime env (merging a second one fails); the
+        # actors get this environment through their own options.
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+        return False
+    kw = {"num_cpus": cfg.ray.num_cpus or None, "num_gpus": cfg.ray.num_gpus or None,
+          "_temp_dir": os.environ.get("AAR_RAY_TMPDIR") or None}  # a private temp dir isolates this Ray
+    ray.init(namespace=namespace, runtime_env={"env_vars": worker_env()}, include_dashboard=False,
+             log_to_driver=False, **{k: v for k, v in kw.items() if v is not None})
+    return True
+
+
+def _find_or_start(tracker, exp_id: str, level: str, tag: str, value: str, name: str, parent: str | None,
+                   tags: dict) -> str:
+    from aar_ray import tracking
+
+    runs = tracker.find_runs(exp_id, level, **{tag: value})
+    if runs:
+        return runs[0].run_id
+    return tracker.start_run(exp_id, name, parent=parent, tags={tracking.LEVEL: level, tag: value, **tags})
+
+
+def open_run(cfg: CampaignConfig) -> Run:
+    """Phase 0: the campaign's id, directory, MLflow experiment and runs (found again on a resume)."""
+    from aar_ray import tracking
+
+    kind = brain_kind(cfg)  # fails fast: a Claude preset without a key never starts anything
+    cid = cfg.campaign_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    cfg = dataclasses.replace(cfg, campaign_id=cid)
+    run_dir = runs_root(cfg) / cid
+    resumed = (run_dir / "config.yaml").exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(tracking.redact(to_yaml(cfg)))
+    print(f"campaign: {cid}{' (resumed)' if resumed else ''}  dir: {run_dir}", flush=True)
+    tracker = tracking.MlflowTracker()
+    exp_id = tracker.experiment(experiment_name(cid))
+    camp_run = _find_or_start(tracker, exp_id, "campaign", "aar.campaign_id", cid, f"campaign {cid}", None,
+                              {"preset": cfg.name, "brain": kind, **tracking.provenance()})
+    if not resumed:
+        tracker.log_params(camp_run, tracking.to_dict(cfg))
+    rids = [f"r{i}" for i in range(cfg.n_researchers)]
+    directions = {rid: cfg.directions[i % len(cfg.directions)] for i, rid in enumerate(rids)}
+    rruns = {rid: _find_or_start(tracker, exp_id, "researcher", "researcher", rid, f"researcher {rid}", camp_run,
+                                 {"direction": directions[rid], "brain": kind}) for rid in rids}
+    return Run(cfg, kind, run_dir, resumed, tracker, exp_id, camp_run, directions, {**rruns, DRIVER: camp_run})
+
+
+def score_baselines(run: Run, svc: Services) -> None:
+    """Phase 1: the weak/ceiling baselines (inside the scorer), then the built-in methods as trials:
+    the naive and human-style reference lines."""
+    import ray
+
+    from aar_ray.w2s.methods import resolve
+
+    print("[aar] baselines: pretraining (first time only) and weak/ceiling per seed...", flush=True)
+    ray.get(svc.scorer.baselines.remote())
+    for name in run.cfg.baselines:
+        src, tid = resolve(name).read_text(), f"base-{name}"
+        if not ray.get(svc.forum.trials.remote(None, tid)):
+            ray.get(svc.forum.upsert_trial.remote(tid, DRIVER, method_id(src), name, "full", TrialState.QUEUED))
+        ray.get(svc.trials.submit.remote(tid, DRIVER, src, "full", name))
+
+
+def resubmit_unfinished(run: Run, svc: Services) -> None:
+    """Phase 1b, on a resume: unfinished researcher trials go back to the pool (finished ones come
+    back from its ledger without running)."""
+    import ray
+
+    if not run.resumed:
+        return
+    for t in ray.get(svc.forum.trials.remote()):
+        if t["status"] == TrialState.QUEUED and t["researcher"] != DRIVER:
+            src = ray.get(svc.forum.read_method.remote(t["method_id"]))["source"]
+            ray.get(svc.trials.submit.remote(t["trial_id"], t["researcher"], src, t["fidelity"], t["name"]))
+
+
+def research(run: Run, svc: Services, progress: Progress, env: dict) -> dict[str, dict]:
+    """Phase 2: the researchers work until they finish or a campaign budget stops them."""
+    import ray
+
+    from aar_ray.campaign.researchers import ResearcherActor
+
+    cfg = run.cfg
+    deadline = time.time() + cfg.budget.deadline_s
+    actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(ResearcherActor)
+    actors = {rid: actor.options(name=f"aar-researcher-{rid}", runtime_env={"env_vars": env}).remote(
+        rid, run.kind, run.directions[rid], i, cfg, deadline, str(run.run_dir / "transcripts"),
+        run.researcher_runs[rid]) for i, rid in enumerate(run.rids)}
+    runs = {actors[rid].run.remote(): rid for rid in run.rids}
+    outcomes: dict[str, dict] = {}
+    stop_reason = None
+    while runs:
+        ready, _ = ray.wait(list(runs), timeout=1.0)
+        for ref in ready:
+            rid = runs.pop(ref)
+            try:
+                outcomes[rid] = ray.get(ref)
+            except Exception as e:  # a researcher that died past its restarts: the campaign goes on
+                outcomes[rid] = {"researcher": rid, "outcome": "crashed", "message": str(e).splitlines()[0]}
+        trials = ray.get(svc.forum.trials.remote())
+        snap = ray.get(svc.trials.snapshot.remote())
+        spend = _spend(ray.get([svc.forum.load_state.remote(r) for r in run.rids]), run.rids)
+        progress.update([t for t in trials if t["researcher"] != DRIVER], snap, spend, time.time() - run.t_start,
+                        "research")
+        stop_reason = stop_reason or budget_stop(cfg, trials, snap, spend, deadline)
+        if stop_reason and not ray.get(svc.forum.stop_requested.remote()):
+            print(f"[aar] winding down: {stop_reason}", flush=True)
+            ray.get(svc.forum.set_stop.remote(True))
+    return outcomes
+
+
+def drain(run: Run, svc: Services, progress: Progress) -> None:
+    """Phase 3: running trials may finish within the grace period; after it they are cancelled cleanly."""
+    import ray
+
+    grace_end = time.time() + run.cfg.budget.grace_s
+    while ray.get(svc.trials.busy.remote()) and time.time() < grace_end:
+        progress.update([t for t in ray.get(svc.forum.trials.remote()) if t["researcher"] != DRIVER],
+                        ray.get(svc.trials.snapshot.remote()), {}, time.time() - run.t_start, "draining")
+        time.sleep(1.0)
+    cancelled = ray.get(svc.trials.cancel_all.remote())
+    if cancelled:
+        print(f"[aar] cancelled {cancelled} trials still running after the grace period", flush=True)
+
+
+def _spend(states: list, rids: list[str]) -> dict[str, float]:
+    out = {}
+    for rid, st in zip(rids, states):
+        brain = (st or {}).get("brain") or {}
+        out[rid] = float((brain.get("spend") or {}).get("dollars", 0.0)) if isinstance(brain.get("spend"), dict) else 0.0
+    return out
+
+
+def budget_stop(cfg: CampaignConfig, trials: list[dict], snap: dict, spend: dict, deadline: float) -> str | None:
+    n = sum(1 for t in trials if t["researcher"] != DRIVER)
+    if n >= cfg.budget.trials:
+        return f"the campaign's trial budget is spent ({n} of {cfg.budget.trials})"
+    gpu_s = sum(o.get("gpu_seconds", 0.0) for owner, o in snap.get("owners", {}).items() if owner != DRIVER)
+    if gpu_s >= cfg.budget.gpu_seconds:
+        return f"the campaign's GPU-second budget is spent ({gpu_s:.0f} of {cfg.budget.gpu_seconds:.0f})"
+    if sum(spend.values()) >= cfg.budget.dollars:
+        return f"the campaign's dollar budget is spent (${sum(spend.values()):.2f} of ${cfg.budget.dollars:.2f})"
+    if time.time() >= deadline:
+        return "the campaign's deadline passed"
+    return None
+
+
+def log_summary(run: Run, svc: Services, outcomes: dict[str, dict]) -> None:
+    """Phase 5: campaign and researcher metrics, outcomes; every run ended."""
+    import ray
+
+    ray.get(svc.scorer.finalize_flags.remote())
+    results = ray.get(svc.scorer.driver_results.remote())
+    tracker, cfg = run.tracker, run.cfg
+    base = {r["name"]: r["test_pgr"]["mean"] for r in results if r["researcher"] == DRIVER}
+    human = [v for k, v in base.items() if k != "naive"]
+    metrics = {"wall_s": time.time() - run.t_start, "budget_trials": cfg.budget.trials,
+               "trials": sum(1 for r in results if r["researcher"] != DRIVER)}
+    if "naive" in base:
+        metrics["naive_test_pgr_mean"] = base["naive"]
+    if human:
+        metrics["best_human_test_pgr_mean"] = max(human)
+    tracker.log_metrics(run.campaign_run, metrics)
+    snap = ray.get(svc.trials.snapshot.remote())
+    for rid in run.rids:
+        rrun = run.researcher_runs[rid]
+        o = snap["owners"].get(rid, {})
+        tracker.log_metrics(rrun, {"gpu_seconds": o.get("gpu_seconds", 0.0),
+                                   "trials": sum(1 for r in results if r["researcher"] == rid)})
+        if rid in outcomes:
+            tracker.set_tags(rrun, {"outcome": outcomes[rid]["outcome"]})
+        tracker.end_run(rrun)
+    tracker.end_run(run.campaign_run)
+
+
+def run_campaign(cfg: CampaignConfig) -> Path:
+    """Run (or resume) a campaign; returns the path of its report.md."""
+    import ray
+
+    from aar_ray.campaign.heldout import run_heldout_and_audits
+    from aar_ray.report import build_report
+
+    run = open_run(cfg)
+    started_ray = connect_ray(run.cfg, namespace=f"aar-{run.cfg.campaign_id}")
+    progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
+    try:
+        env = worker_env()
+        svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env)
+        ray.get(svc.forum.set_stop.remote(False))
+        score_baselines(run, svc)
+        resubmit_unfinished(run, svc)
+        outcomes = research(run, svc, progress, env)
+        drain(run, svc, progress)
+        run_heldout_and_audits(run.cfg, svc, progress, run.t_start)
+        log_summary(run, svc, outcomes)
+    finally:
+        progress.close()
+        if started_ray:
+            ray.shutdown()
+    report = build_report(run.cfg.campaign_id, run.run_dir, run.tracker)
+    print(f"report: {report}", flush=True)
+    return Path(report)
+
+
+def campaign_main(preset: str, overrides: list[str]) -> int:
+    from aar_ray.config import load_config
+
+    cfg = load_config(CampaignConfig, preset, overrides)
+    try:
+        run_campaign(cfg)
+    except CampaignError as e:
+        print(f"aar: {e}", file=sys.stderr)
+        return 2
+    return 0

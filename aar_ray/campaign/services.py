@@ -1,0 +1,201 @@
+"""The campaign's shared services as Ray actors: the scorer, the forum and the trial service.
+
+The scorer and the forum are their plain classes (`aar_ray.scoring.Scorer`, `aar_ray.forum.Forum`)
+made remote as they are: their methods are the actors' methods. The trial service below owns the
+task pool: researchers submit trials to it, a background thread collects finished jobs, has the
+scorer score them and updates the forum.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aar_ray.config import CampaignConfig, PoolConfig, TrialSettings
+from aar_ray.sandbox.contract import TrialOutcome, TrialRequest, TrialState, TrialStatus
+
+DRIVER = "driver"  # owner of the driver's own trials (baselines, held-out, audits)
+SCORER, FORUM, TRIALS = "aar-scorer", "aar-forum", "aar-trials"  # named actors of a campaign's namespace
+
+
+@dataclass(frozen=True)
+class Services:
+    """Handles of a campaign's actors."""
+
+    scorer: Any
+    forum: Any
+    trials: Any
+
+
+def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_runs: dict[str, str],
+                   env: dict) -> Services:
+    """Start (named, in this campaign's namespace) the scorer, the forum and the trial service."""
+    import ray
+
+    from aar_ray import tracking
+    from aar_ray.forum import Forum
+    from aar_ray.scoring import Scorer
+
+    opts = {"runtime_env": {"env_vars": env}}
+    scorer = ray.remote(num_cpus=0, max_concurrency=8)(Scorer).options(name=SCORER, **opts).remote(
+        cfg.w2s, cfg.scoring, tracking.MlflowTracker(), experiment_id, researcher_runs,
+        state_path=str(run_dir / "private" / "scorer.json"), exempt=(DRIVER,), trial=cfg.trial)
+    forum = ray.remote(num_cpus=0, max_concurrency=16)(Forum).options(name=FORUM, **opts).remote(
+        str(run_dir / "forum.db"), len(cfg.scoring.seeds))
+    # held-out and audit jobs block one of its threads each while they run: room for all of them
+    trials = ray.remote(num_cpus=0, max_concurrency=64)(TrialService).options(name=TRIALS, **opts).remote(
+        cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum)
+    return Services(scorer, forum, trials)
+
+
+def outcome_of_failure(e: Exception) -> TrialOutcome:
+    """The TrialOutcome of a job the pool could not complete (timeout, cancel, lost worker, ...)."""
+    from aar_ray.pool import ErrorKind, JobFailed, JobStatus
+
+    if not isinstance(e, JobFailed):
+        return TrialOutcome.failure(TrialStatus.SANDBOX_ERROR, f"the trial job raised {type(e).__name__}: {e}")
+    if e.status is JobStatus.TIMEOUT:
+        status = TrialStatus.TIMEOUT
+    elif e.status is JobStatus.CANCELLED:
+        status = TrialStatus.CANCELLED
+    elif e.status is JobStatus.QUOTA_EXHAUSTED:
+        status = TrialStatus.REFUSED
+    elif e.error.kind is ErrorKind.USER:  # run_trial itself raised: a harness bug, not the method's doing
+        status = TrialStatus.SANDBOX_ERROR
+    else:
+        status = TrialStatus.LOST
+    return TrialOutcome.failure(status, e.error.message)
+
+
+def method_id(source: str) -> str:
+    from aar_ray.w2s.methods import source_hash
+
+    return source_hash(source)
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    owner: str
+    source: str
+    fidelity: str
+    name: str
+
+
+class TrialService:
+    """Owns the task pool: runs trial jobs and hands their predictions to the scorer.
+
+    A resumed campaign resubmits unfinished trials: the pool's ledger returns finished jobs'
+    recorded outcomes without running them again.
+    """
+
+    def __init__(self, pool_cfg: PoolConfig, settings: TrialSettings, ledger_path: str, scorer: Any, forum: Any):
+        from aar_ray.pool import SqliteLedger, TaskPool
+        from aar_ray.sandbox.runner import SandboxLimits
+
+        self.settings = settings
+        self.limits = SandboxLimits()
+        self.pool = TaskPool(pool_cfg, ledger=SqliteLedger(ledger_path))
+        self.scorer, self.forum = scorer, forum
+        self.active: dict[str, tuple[Any, _Submitted]] = {}  # trial_id -> (handle, what was submitted)
+        self.lock = threading.Lock()
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _spec(self, key: str, owner: str, source: str, request: TrialRequest):
+        from aar_ray.pool import JobSpec
+        from aar_ray.sandbox.trial import run_trial
+
+        s = self.settings
+        return JobSpec(fn=run_trial, args=(source, request, self.limits), owner=owner, key=key, num_gpus=s.num_gpus,
+                       num_cpus=s.num_cpus, timeout_s=s.timeout_s, max_retries=s.max_retries)
+
+    def submit(self, trial_id: str, owner: str, source: str, fidelity: str, name: str) -> None:
+        """A researcher's (or a baseline's) trial; its outcome reaches the forum and the scorer."""
+        import ray
+
+        request = ray.get(self.scorer.request.remote(fidelity))
+        with self.lock:
+            if trial_id in self.active:
+                return
+            handle = self.pool.submit(self._spec(trial_id, owner, source, request))
+            self.active[trial_id] = (handle, _Submitted(owner, source, fidelity, name))
+
+    def run_private(self, key: str, source: str, request: TrialRequest) -> TrialOutcome:
+        """A driver-only job (held-out task, audit); blocks until it ends."""
+        try:
+            return self.pool.submit(self._spec(key, DRIVER, source, request)).result()
+        except Exception as e:  # noqa: BLE001 - every way a job ends is an outcome
+            return outcome_of_failure(e)
+
+    def _collect(self) -> None:
+        import ray
+
+        while True:
+            time.sleep(0.2)
+            with self.lock:
+                done = [(t, h, m) for t, (h, m) in self.active.items() if h.done()]
+            for trial_id, handle, sub in done:
+                try:
+                    self._finish(ray, trial_id, handle, sub)
+                except Exception as e:  # one bad result must not stop collecting the others
+                    print(f"[aar] collecting trial {trial_id} failed: {e}", flush=True)
+                finally:
+                    with self.lock:  # a trial counts as busy until it is scored or recorded as unscored
+                        self.active.pop(trial_id, None)
+
+    def _finish(self, ray, trial_id: str, handle, sub: _Submitted) -> None:
+        from aar_ray.scoring import QueryBudgetExceeded
+
+        try:
+            out = handle.result()
+        except Exception as e:  # noqa: BLE001
+            out = outcome_of_failure(e)
+        if not out.ok:
+            self._unscored(ray, trial_id, sub, out.status, out.reason)
+            return
+        try:
+            val = ray.get(self.scorer.score.remote(sub.owner, trial_id, sub.name, sub.source, sub.fidelity,
+                                                   dict(out.preds), dict(out.losses)))
+        except Exception as e:  # budget refusal or invalid predictions: the researcher sees why
+            cause = getattr(e, "cause", None) or e  # a Ray task error carries the scorer's exception
+            status = TrialStatus.REFUSED if isinstance(cause, QueryBudgetExceeded) else TrialStatus.INVALID_OUTPUT
+            self._unscored(ray, trial_id, sub, status, str(cause).splitlines()[0] if str(cause) else type(cause).__name__)
+            return
+        ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name, sub.fidelity,
+                                               TrialState.SCORED, val, None))
+
+    def _unscored(self, ray, trial_id: str, sub: _Submitted, status: TrialStatus, reason: str) -> None:
+        """A trial with no score: the researcher sees why on the forum, and MLflow keeps a FAILED run."""
+        state = TrialState.of(status)
+        shown = f"{status.value}: {reason}" if state is TrialState.FAILED else reason
+        ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name, sub.fidelity,
+                                               state, None, shown))
+        try:
+            ray.get(self.scorer.record_unscored.remote(sub.owner, trial_id, sub.name, sub.source, sub.fidelity,
+                                                       status.value, reason))
+        except Exception as e:  # the forum has it; a tracking outage must not stop collecting
+            print(f"[aar] could not record unscored trial {trial_id} in MLflow: {e}", flush=True)
+
+    def snapshot(self) -> dict:
+        snap = self.pool.snapshot()
+        return {"owners": {o: dataclasses.asdict(s) for o, s in snap.owners.items()},
+                "queued": snap.queued, "in_flight": snap.in_flight, "gpus_total": snap.gpus_total,
+                "gpus_held": snap.gpus_held, "active": len(self.active)}
+
+    def owner_status(self, owner: str) -> dict:
+        s = self.pool.snapshot().owners.get(owner)
+        return dataclasses.asdict(s) if s else {}
+
+    def busy(self) -> int:
+        with self.lock:
+            return len(self.active)
+
+    def cancel_all(self) -> int:
+        with self.lock:
+            items = list(self.active.items())
+        n = sum(bool(h.cancel()) for _, (h, _) in items)
+        deadline = time.time() + 60  # let the collector record the cancelled trials before the driver moves on
+        while self.busy() and time.time() < deadline:
+            time.sleep(0.2)
+        return n
