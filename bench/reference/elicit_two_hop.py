@@ -14,7 +14,7 @@ facts themselves (its next token after the input is the person's city) and gener
   4. orient: which answer word means label 1 is the one thing the student cannot say. The
      examples of one question (the input's last token, the relation) fall into two cells by the
      answer word the student composes; the teacher's mean label is higher on the positive cell.
-     Each cell holds hundreds of B examples, so the teacher's noise averages out instead of being
+     Each cell holds ~110 B examples, so the teacher's noise averages out instead of being
      copied; its bias per relation (both cells' mean weak label above 0.5, say) is removed by
      comparing a cell with its relation's mean, not with 0.5. A linear probe on the composed
      distribution, fit to the weak labels, reached val PGR 0.91-1.03 on world 0 and failed
