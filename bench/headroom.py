@@ -45,8 +45,8 @@ def method_pgr(exp, method: Path | str, seed: int, shuffle_teacher: bool = False
 
     base = engine.baseline(exp, seed)
     inputs = engine.trial_inputs(exp, seed, base)
-    if shuffle_teacher:  # the audit's question: does the method still score with the teacher scrambled?
-        perm = torch.randperm(len(inputs.ctx.weak_labels), generator=torch.Generator().manual_seed(seed))
+    if shuffle_teacher:  # the audit's question, with its permutation (aar_ray/scoring.py): does the score survive?
+        perm = torch.randperm(len(inputs.ctx.weak_labels), generator=torch.Generator().manual_seed(10_000 + seed))
         inputs.ctx.weak_labels = inputs.ctx.weak_labels[perm]
     preds, _ = engine.run_in_process(resolve(str(method)), inputs)
     acc, pgr = engine.score(exp, base, inputs.eval_idx, preds)
