@@ -518,8 +518,6 @@ class CampaignConfig:
                f"asks {self.trial.num_gpus:g} GPUs per trial but ray.num_gpus declares {self.ray.num_gpus}")
         _check(self.w2s.device != "cuda" or self.trial.num_gpus > 0, "trial.num_gpus",
                "is 0 but w2s.device is 'cuda': a trial must reserve the GPU its student runs on")
-        _check(self.w2s.device != "cpu" or self.trial.num_gpus == 0, "trial.num_gpus",
-               f"reserves {self.trial.num_gpus:g} GPUs per trial but w2s.device is 'cpu': they would sit idle")
 
 
 T = TypeVar("T")

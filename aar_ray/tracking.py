@@ -279,6 +279,26 @@ def trial_content_key(cfg, method_result, weak_key: str = "", strong_key: str = 
     return content_key("trial", d, weak_key, strong_key, method_result.source_hash)
 
 
+def _trial_metrics(method_result) -> dict[str, float]:
+    """A trial run's metrics: test and val PGR, accuracies (mean, std and per seed)."""
+    from aar_ray.w2s.metrics import mean_std
+
+    summary, val = method_result.summary("test"), method_result.summary("val")
+    metrics = {
+        "pgr_mean": summary["pgr"]["mean"], "pgr_std": summary["pgr"]["std"],
+        "transfer_acc_mean": summary["transfer_acc"]["mean"], "transfer_acc_std": summary["transfer_acc"]["std"],
+        "val_pgr_mean": val["pgr"]["mean"], "val_pgr_std": val["pgr"]["std"],
+    }
+    for s in method_result.seeds:
+        metrics.update({f"pgr_seed_{s.seed}": s.pgr["test"], f"weak_acc_seed_{s.seed}": s.weak_acc["test"],
+                        f"ceiling_acc_seed_{s.seed}": s.ceiling_acc["test"],
+                        f"transfer_acc_seed_{s.seed}": s.transfer_acc["test"]})
+    for name in ("weak_acc", "ceiling_acc"):
+        ms = mean_std([getattr(s, name)["test"] for s in method_result.seeds])
+        metrics[f"{name}_mean"], metrics[f"{name}_std"] = ms["mean"], ms["std"]
+    return metrics
+
+
 def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, baselines: dict, parent: str | None = None,
                  extra_tags: dict[str, str] | None = None, weak_key: str = "", strong_key: str = "",
                  eval_splits: dict | None = None) -> RecordedRun:
@@ -301,22 +321,7 @@ def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, basel
     run = tracker.start_run(experiment_id, f"{method_result.name}", parent=parent, tags=tags)
     try:
         tracker.log_params(run, to_dict(cfg))
-        summary = method_result.summary("test")
-        val = method_result.summary("val")
-        metrics = {
-            "pgr_mean": summary["pgr"]["mean"], "pgr_std": summary["pgr"]["std"],
-            "transfer_acc_mean": summary["transfer_acc"]["mean"], "transfer_acc_std": summary["transfer_acc"]["std"],
-            "val_pgr_mean": val["pgr"]["mean"], "val_pgr_std": val["pgr"]["std"],
-        }
-        for s in method_result.seeds:
-            metrics.update({f"pgr_seed_{s.seed}": s.pgr["test"], f"weak_acc_seed_{s.seed}": s.weak_acc["test"],
-                            f"ceiling_acc_seed_{s.seed}": s.ceiling_acc["test"],
-                            f"transfer_acc_seed_{s.seed}": s.transfer_acc["test"]})
-        from aar_ray.w2s.metrics import mean_std
-        for name in ("weak_acc", "ceiling_acc"):
-            ms = mean_std([getattr(s, name)["test"] for s in method_result.seeds])
-            metrics[f"{name}_mean"], metrics[f"{name}_std"] = ms["mean"], ms["std"]
-        tracker.log_metrics(run, _finite(metrics))
+        tracker.log_metrics(run, _finite(_trial_metrics(method_result)))
         tracker.log_text(run, method_result.source, f"method/{method_result.name}.py")
         tracker.log_text(run, to_yaml(cfg), "config.yaml")
         for s in method_result.seeds:

@@ -7,20 +7,13 @@
     run_method_sandboxed(method_path, student_dir, inputs, probe=..., seed=0)  # one seed, built for you
     run_method_sandboxed_seeds(method_path, student_dir, {0: inputs0, 1: inputs1}, probe=...)
 
-Agent code never enters this process. A trial is:
-  1. static pre-check of the source (a courtesy; the layers are the defence);
-  2. a trial directory: in/ (the request and its inputs, method copy, child spec; what the sandbox may read) and
-     private/ (root-owned 0700: result files the child writes through inherited fds, logs);
-  3. the trusted launcher (aar_ray.sandbox.launch) starts the child under rlimits, cgroups, a
-     dedicated uid and bubblewrap; the child applies Landlock and seccomp to itself before it
-     imports torch, then runs the method;
-  4. the harness trusts only the launcher's report, its own clock and the attestation the child
-     wrote before running any agent code; predictions come back as a size-capped plain-array record
-     (no pickle, no zip) and are validated like in-process ones.
-A multi-seed trial is the same, with one child running the method on each seed in turn (torch,
-transformers and the student are loaded once): the inputs of all seeds go in one file, the
-predictions of all seeds come back in one record, and every limit (the wall clock included)
-covers the whole run.
+Agent code never enters this process (the process tree is in the package docstring). The harness
+side of a trial: the static pre-check (a courtesy; the layers are the defence); a trial directory
+with in/ (the request, the method copy, the child's plan: what the sandbox may read) and private/
+(root-owned 0700: what the child writes through fds the launcher opened, and logs); the launch;
+then it trusts only the launcher's report, its own clock and the attestation the child wrote
+before any agent code ran. Predictions come back as a size-capped plain-array record (no pickle,
+no zip) and are validated like in-process ones. One child runs every seed of the request.
 """
 from __future__ import annotations
 
