@@ -2,12 +2,16 @@
 
 Everything comes from the campaign's experiment (`aar-campaign/<id>`), so `aar report <id>` can
 rebuild it after the driver is gone. Its parts:
-- a header: campaign id, preset, researchers, trials and wall time;
-- the leaderboard ranked by hidden TEST PGR (mean ± std over the harness's seeds), with validation
-  PGR (what researchers saw) and the audits' flags beside it;
+- a header: campaign id, preset, the world (secret, or public when its seed was pinned),
+  researchers, trials and wall time;
+- the leaderboard ranked by VALIDATION PGR (mean ± std over the harness's seeds: what researchers
+  saw, and what selected the winners), with the hidden test PGR beside it for the final table, and
+  each trial's audit state (not audited, clean, or its flags): a flagged trial is shown, demoted
+  below every unflagged one, never at the top;
 - best-so-far test PGR per researcher against wall time and against trial count, with the naive
   and best human-designed baselines as horizontal lines;
-- the generalization table: the top-k methods on the primary task and on held-out math and code;
+- the generalization table: the top-k methods (by validation PGR, flagged ones demoted) on the
+  primary task and on held-out math and code;
 - spend per researcher: tokens, dollars, GPU-seconds, trials; then each one's direction and outcome.
 
 Only finished trial runs count (one whose PGR was undefined shows —, ranked last): a run left
@@ -48,7 +52,8 @@ class Trial:
     researcher: str  # "baseline" for the driver's baseline trials (tag aar.baseline)
     trial_id: str
     fidelity: str
-    flags: list[str]  # [] when audited clean; None when not audited yet
+    flags: list[str]  # the audits' flags ([] when none)
+    audit: str  # 'not audited', 'clean', or the flags
     val: tuple[float, float] | None  # (mean, std) PGR
     test: tuple[float, float] | None
     wall_time_s: float | None
@@ -90,6 +95,7 @@ class Campaign:
     seed_runs: int
     unfinished_trials: int
     unscored: list[Unscored] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # the campaign run's tags
     baselines: dict[str, float] = field(default_factory=dict)  # label -> test PGR, for the plot lines
 
 
@@ -102,13 +108,13 @@ def _ms(metrics: dict, prefix: str) -> tuple[float, float] | None:
 
 def _trial(run) -> Trial:
     tags, m = run.tags, run.metrics
-    flags = tags.get("aar.flags")
+    flags = [f for f in tags.get("aar.flags", "").split(",") if f and f != "none"]
     index = m.get("trial_index", tags.get("aar.trial_index"))
     return Trial(
         run_id=run.run_id, method=tags.get("method", run.name or "?"),
         researcher="baseline" if tags.get("aar.baseline") else tags.get("researcher", "?"),
         trial_id=tags.get("trial_id", ""), fidelity=tags.get("fidelity", ""),
-        flags=None if flags is None else [f for f in flags.split(",") if f and f != "none"],
+        flags=flags, audit=tags.get("aar.audit", ",".join(flags) or "not audited"),
         val=_ms(m, "val_pgr"), test=_ms(m, "pgr"), wall_time_s=m.get("wall_time_s"),
         index=None if index is None else int(float(index)),
         heldout={t: ms for t in HELDOUT if (ms := _ms(m, f"heldout_{t}_pgr")) is not None},
@@ -154,7 +160,8 @@ def load_campaign(campaign_id: str, tracker) -> Campaign:
         preset=camp.tags.get("preset", DASH) if camp else DASH,
         metrics=metrics, params=dict(camp.params) if camp else {}, wall_s=wall_s,
         researchers=researchers, trials=trials, seed_runs=len(tracker.find_runs(eid, "seed")),
-        unfinished_trials=len(trial_runs) - len(finished) - len(unscored), unscored=unscored)
+        unfinished_trials=len(trial_runs) - len(finished) - len(unscored), unscored=unscored,
+        tags=dict(camp.tags) if camp else {})
     c.baselines = _baseline_lines(c)
     return c
 
@@ -197,15 +204,14 @@ def _duration(s: float | None) -> str:
     return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
 
 
-def _flags(t: Trial) -> str:
-    if t.flags is None:
-        return "not audited"
-    return ", ".join(t.flags) or "none"
+def _audit(t: Trial) -> str:
+    return "flagged: " + ", ".join(t.flags) if t.flags else t.audit
 
 
 def _rank_key(t: Trial) -> tuple:
-    test = t.test[0] if t.test and math.isfinite(t.test[0]) else -math.inf
-    return (-test, t.wall_time_s if t.wall_time_s is not None else math.inf, t.run_id)
+    """Unflagged first, then by validation PGR: the number researchers saw, never the test."""
+    val = t.val[0] if t.val and math.isfinite(t.val[0]) else -math.inf
+    return (bool(t.flags), -val, t.wall_time_s if t.wall_time_s is not None else math.inf, t.run_id)
 
 
 @dataclass
@@ -228,12 +234,13 @@ class Table:
 
 def leaderboard(c: Campaign) -> Table:
     rows = [[str(i), t.method, t.researcher, t.trial_id or DASH, t.fidelity or DASH, fmt(t.val), fmt(t.test),
-             _flags(t)] for i, t in enumerate(sorted(c.trials, key=_rank_key), 1)]
-    return Table(["rank", "method", "researcher", "trial", "fidelity", "val PGR", "test PGR", "flags"], rows)
+             _audit(t)] for i, t in enumerate(sorted(c.trials, key=_rank_key), 1)]
+    return Table(["rank", "method", "researcher", "trial", "fidelity", "val PGR (ranks)", "test PGR", "audit"], rows)
 
 
 def top_k(c: Campaign) -> list[Trial]:
-    """The held-out stage's methods: the top-k researcher trials by test PGR, plus any trial with held-out numbers."""
+    """The held-out stage's methods: the top-k researcher trials by validation PGR (flagged ones
+    demoted), plus any trial with held-out numbers."""
     k = int(float(c.params.get("scoring.top_k", DEFAULT_TOP_K)))
     ranked = sorted(c.trials, key=_rank_key)
     chosen = [t for t in ranked if not t.baseline][:k]
@@ -242,8 +249,9 @@ def top_k(c: Campaign) -> list[Trial]:
 
 
 def generalization(c: Campaign) -> Table:
-    rows = [[t.method, t.researcher, fmt(t.test), *(fmt(t.heldout.get(task)) for task in HELDOUT)] for t in top_k(c)]
-    return Table(["method", "researcher", "primary PGR", "math PGR", "code PGR"], rows)
+    rows = [[t.method, t.researcher, fmt(t.val), fmt(t.test), *(fmt(t.heldout.get(task)) for task in HELDOUT),
+             _audit(t)] for t in top_k(c)]
+    return Table(["method", "researcher", "val PGR (ranks)", "test PGR", "math PGR", "code PGR", "audit"], rows)
 
 
 SPEND = (("tokens", 0), ("dollars", 4), ("gpu_seconds", 1))
@@ -398,12 +406,25 @@ def _header(c: Campaign) -> list[tuple[str, str]]:
         trials += f"; {len(c.unscored)} not scored (listed below)"
     if c.unfinished_trials:
         trials += f"; {c.unfinished_trials} unfinished not shown"
-    return [("campaign", c.campaign_id), ("preset", c.preset), ("status", c.status),
+    return [("campaign", c.campaign_id), ("preset", c.preset), ("status", c.status), ("world", _world(c)),
+            ("ranked by", "validation PGR (what researchers saw, and what selected the held-out stage); test PGR "
+                          "appears beside it for the final table and chose nothing"),
             ("researchers", researchers), ("trials", trials), ("seed runs", str(c.seed_runs)),
             ("wall time", _duration(c.wall_s)),
             *[(f"{k} test PGR", f"{v:.4f}") for k, v in c.baselines.items()],
             ("MLflow run", c.run_id or DASH),
             ("generated", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))]
+
+
+def _world(c: Campaign) -> str:
+    seed = c.tags.get("aar.world_seed")
+    if seed is None:
+        return DASH
+    if c.tags.get("aar.world") == "public":
+        return (f"public (seed {seed} pinned in the config): method code could regenerate this world and its labels, "
+                "so these numbers are not protected against that")
+    return (f"secret (this installation's seed {seed}, never shown to researchers or mounted in a sandbox; "
+            f"reproduce with w2s.world.seed={seed})")
 
 
 def _sections(c: Campaign) -> list[tuple[str, str, Table | None, str | None]]:
@@ -414,11 +435,13 @@ def _sections(c: Campaign) -> list[tuple[str, str, Table | None, str | None]]:
         return [("Leaderboard", "No trials recorded yet.", None, None), *unscored, ("Spend", "", spend(c), None),
                 ("Researchers", "", researchers_table(c), None)]
     gen = generalization(c)
-    gen_note = ("Top methods by hidden test PGR on the primary task and on the held-out verification tasks "
-                "(researchers never saw these)." if any(t.heldout for t in c.trials)
+    gen_note = ("Top methods by validation PGR (flagged ones demoted), with their test PGR on the primary task "
+                "and PGR on the held-out verification tasks (researchers never saw these)."
+                if any(t.heldout for t in c.trials)
                 else "The held-out stage has not run yet.")
     return [
-        ("Leaderboard", "Ranked by hidden test PGR; val PGR is what researchers saw. Mean ± std over seeds.",
+        ("Leaderboard", "Ranked by validation PGR (what researchers saw); flagged trials come last. Test PGR is "
+                        "shown, never used to rank. Mean ± std over seeds. Audit: not audited, clean, or the flags.",
          leaderboard(c), "leaderboard"),
         ("PGR over time", "Best-so-far test PGR per researcher; dashed: naive, dotted: best human-designed method.",
          None, "pgr_over_time"),

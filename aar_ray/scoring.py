@@ -1,12 +1,15 @@
 """The trusted scorer: the only holder of ground-truth labels, test numbers and held-out results.
 
 Trial jobs receive a `TrialRequest` (inputs and weak labels, never a label; built here, by
-`request`) and return predictions; only the scorer turns predictions into numbers. Researchers get validation metrics (`score`); test PGR
-is recorded in MLflow and kept for the driver (`driver_results`), which ranks by it. Seeds are the
-harness's: every result is the mean ± std over all of them, and a trial missing one is not a result.
-Each researcher has a query budget of validation scorings; past it the scorer refuses with
-`QueryBudgetExceeded`, and records the refusal. The held-out math and code tasks and the integrity
-audits are driver-only (`score_private`, `audit_flags`).
+`request`) and return predictions; only the scorer turns predictions into numbers. Researchers get
+validation metrics, rounded (`score`); test PGR is recorded in MLflow and kept for the driver
+(`driver_results`), for the final table only: selection and ranking use validation PGR. Seeds are
+the harness's: every result is the mean ± std over all of them, and a trial missing one is not a
+result. Each researcher has a query budget, and the scorer enforces it: every request that returns
+a score is a query (`admit`), including a resubmission answered from the record; past the budget it
+refuses with `QueryBudgetExceeded`, and records the refusal. The held-out math and code tasks and
+the integrity audits are driver-only (`score_private`, `audit_gap`); every trial says whether it
+was audited (`audit_state`). The world's seed is resolved here: a secret one unless pinned.
 
 `Scorer` is plain Python (unit-testable); the campaign runs it as a named Ray actor (`SCORER_NAME`).
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aar_ray.config import HELDOUT_DATA, ScoringConfig, TrialSettings, W2SConfig
+from aar_ray.probing import ProbeWatch
 from aar_ray.sandbox.contract import SeedInputs, StudentSpec, TrialLimits, TrialRequest
 from aar_ray.w2s.methods import source_hash
 from aar_ray.w2s.metrics import mean_std
@@ -31,6 +35,8 @@ SCORER_NAME = "aar-scorer"
 FLAG_TEACHER_INDEPENDENT = "teacher-independent"
 FLAG_VAL_TEST_GAP = "val-test-gap"
 FLAG_PROBING = "probing"
+NOT_AUDITED, CLEAN = "not audited", "clean"  # a trial's audit state, unless it carries flags
+AUDITS = ("audit:shuffled", "audit:gap")  # what "audited" means: both ran on the trial
 
 
 def trial_device(device: str, num_gpus: float) -> str:
@@ -78,7 +84,8 @@ class Scorer:
                  exempt: tuple[str, ...] = (), trial: TrialSettings = TrialSettings()):
         from aar_ray.w2s import engine
 
-        self.cfg = dataclasses.replace(w2s, seeds=list(scoring.seeds))
+        # the world's seed resolved here, once (a secret one unless pinned): the scorer's own record of it
+        self.cfg, self.world_public = engine.resolve_world(dataclasses.replace(w2s, seeds=list(scoring.seeds)))
         self.scoring = scoring
         self.trial = trial  # the limits and device every request carries
         self.tracker = tracker
@@ -90,9 +97,9 @@ class Scorer:
             self._baseline("primary", s)
         self.trials: dict[str, TrialRecord] = {}
         self.queries: dict[str, int] = {}
+        self.admitted: set[str] = set()  # "researcher|trial_id" requests already counted
         self.refusals: list[dict] = []
-        self._val_vectors: dict[str, list[np.ndarray]] = {}
-        self.probe_pairs: dict[str, int] = {}
+        self.watch = ProbeWatch(scoring.probe_max_flips, scoring.probe_concentration, scoring.probe_min_events)
         self.t0 = time.time()
         self.exempt = set(exempt)  # the driver's own baseline trials are not researcher queries
         self.state_path = state_path
@@ -187,32 +194,72 @@ class Scorer:
     def trial_ids(self) -> list[str]:
         return list(self.trials)
 
+    def admit(self, researcher: str, trial_id: str) -> dict | None:
+        """Count one query of `researcher` for `trial_id` (a submission, or a resubmission of one), or
+        refuse. Returns the validation view when the trial is already scored (answered from the
+        record: still a query), else None. The driver's own trials are not queries."""
+        if researcher not in self.exempt:
+            if self.queries_left(researcher) <= 0:
+                self.refusals.append({"researcher": researcher, "trial_id": trial_id, "t": time.time()})
+                self._record_refusal(researcher, trial_id)
+                self._save()
+                n = self.scoring.query_budget
+                raise QueryBudgetExceeded(f"query budget spent: {researcher} has used all {n} of its {n} scorer "
+                                          "queries (every submission that returns a score is one, resubmissions "
+                                          "included)")
+            self.queries[researcher] = self.queries.get(researcher, 0) + 1
+        self.admitted.add(f"{researcher}|{trial_id}")
+        self._save()
+        return self._val_view(self.trials[trial_id]) if trial_id in self.trials else None
+
+    def release(self, researcher: str, trial_id: str) -> None:
+        """Give back an admitted query whose trial ended without a score (it failed, timed out, was
+        cancelled or returned invalid predictions): only a score is a query."""
+        key = f"{researcher}|{trial_id}"
+        if key in self.admitted and trial_id not in self.trials:
+            self.admitted.discard(key)
+            if researcher not in self.exempt:
+                self.queries[researcher] = max(0, self.queries.get(researcher, 0) - 1)
+            self._save()
+
     def score(self, researcher: str, trial_id: str, name: str, source: str, fidelity: str, preds_by_seed: dict,
               losses_by_seed: dict | None = None) -> dict:
-        """Researcher-facing: score a trial, record everything, return validation numbers only."""
-        if trial_id in self.trials:  # the same trial again costs nothing and reveals nothing new
+        """Researcher-facing: score a trial, record everything, return validation numbers only (rounded).
+        A trial not yet admitted counts as a query here; predictions that are not a result (a seed
+        missing, invalid values) raise before anything is counted."""
+        if trial_id in self.trials:  # the same job's result again (a resumed pool): nothing new to count
             return self._val_view(self.trials[trial_id])
-        if researcher not in self.exempt and self.queries_left(researcher) <= 0:
-            self.refusals.append({"researcher": researcher, "trial_id": trial_id, "t": time.time()})
-            self._record_refusal(researcher, trial_id)
-            raise QueryBudgetExceeded(f"query budget spent: {researcher} has used all "
-                                      f"{self.scoring.query_budget} validation scorings")
         val, test, seeds, preds = self._score_seeds("primary", preds_by_seed)
-        self.queries[researcher] = self.queries.get(researcher, 0) + 1
+        if f"{researcher}|{trial_id}" not in self.admitted:
+            self.admit(researcher, trial_id)
         for r in seeds:
             r.losses = [tuple(x) for x in (losses_by_seed or {}).get(r.seed, [])]
         rec = TrialRecord(trial_id, researcher, name, source, fidelity, val, test, seeds, time.time(), len(self.trials))
         self.trials[trial_id] = rec
-        self._watch_probing(researcher, preds)
+        view = self._val_view(rec)
+        if researcher not in self.exempt:
+            self.watch.add(researcher, self._val_probs(preds), view["val_pgr"]["mean"])
         rec.mlflow_run = self._record(rec, preds)
         self._save()
-        return self._val_view(rec)
+        return view
 
     def _val_view(self, rec: TrialRecord) -> dict:
+        """What a researcher sees: validation numbers, rounded to `show_decimals`."""
+        d = self.scoring.show_decimals
         return {"trial_id": rec.trial_id, "name": rec.name, "fidelity": rec.fidelity,
-                "val_pgr": {"mean": rec.val["mean"], "std": rec.val["std"], "per_seed": rec.val["per_seed"]},
-                "val_acc": rec.val["acc"], "seeds": len(rec.per_seed),
+                "val_pgr": {"mean": round(rec.val["mean"], d), "std": round(rec.val["std"], d),
+                            "per_seed": [round(v, d) for v in rec.val["per_seed"]]},
+                "val_acc": round(rec.val["acc"], d), "seeds": len(rec.per_seed),
                 "queries_left": self.queries_left(rec.researcher)}
+
+    def _val_probs(self, preds: dict):
+        """The first harness seed's predictions on its validation rows (what the probing watch compares)."""
+        from aar_ray.w2s import engine
+
+        exp = self._experiment("primary")
+        s = self.cfg.seeds[0]
+        idx = engine.eval_order(exp.task.split, s)
+        return preds[s][exp.task.split[idx] == "val"].numpy()
 
     # ---------- driver-only ----------
 
@@ -220,9 +267,23 @@ class Scorer:
         """Every trial with val and test numbers and flags (for ranking and reports, never for researchers)."""
         return [{"trial_id": r.trial_id, "researcher": r.researcher, "name": r.name, "fidelity": r.fidelity,
                  "val_pgr": {k: r.val[k] for k in ("mean", "std")}, "test_pgr": {k: r.test[k] for k in ("mean", "std")},
-                 "flags": sorted(r.flags | ({FLAG_PROBING} if self._probing(r.researcher) else set())),
-                 "index": r.index, "t": r.submitted - self.t0, "mlflow_run": r.mlflow_run, "private": r.private}
+                 "flags": self.flags(r), "audit": self.audit_state(r), "index": r.index, "t": r.submitted - self.t0,
+                 "mlflow_run": r.mlflow_run, "private": r.private}
                 for r in self.trials.values()]
+
+    def flags(self, rec: TrialRecord) -> list[str]:
+        return sorted(rec.flags | ({FLAG_PROBING} if self.watch.flagged(rec.researcher) else set()))
+
+    def audit_state(self, rec: TrialRecord) -> str:
+        """'not audited', 'clean', or the trial's flags ('teacher-independent,probing'): never a silent clean."""
+        flags = self.flags(rec)
+        if flags:
+            return ",".join(flags)
+        return CLEAN if all(a in rec.private for a in AUDITS) else NOT_AUDITED
+
+    def world(self) -> dict:
+        """Driver-only: the world's seed (to reproduce the run) and whether it is public (pinned)."""
+        return {"seed": self.cfg.world.seed, "public": self.world_public}
 
     def source(self, trial_id: str) -> str:
         return self.trials[trial_id].source
@@ -263,35 +324,17 @@ class Scorer:
         return flagged
 
     def finalize_flags(self) -> None:
-        """Write every trial's flags to its MLflow run as a tag."""
+        """Write every trial's audit state (and flags, if any) to its MLflow run as tags."""
         for rec in self.trials.values():
-            flags = sorted(rec.flags | ({FLAG_PROBING} if self._probing(rec.researcher) else set()))
             if self.tracker is not None and rec.mlflow_run:
-                self.tracker.set_tags(rec.mlflow_run, {"aar.flags": ",".join(flags) or "none"})
-
-    # ---------- probing watch ----------
-
-    def _watch_probing(self, researcher: str, preds: dict) -> None:
-        """Count submissions whose val predictions differ from an earlier one in only a handful of examples."""
-        from aar_ray.w2s import engine
-
-        exp = self._experiment("primary")
-        s = self.cfg.seeds[0]
-        idx = engine.eval_order(exp.task.split, s)
-        vec = (preds[s][exp.task.split[idx] == "val"] > 0.5).numpy()
-        limit = max(1, int(self.scoring.probe_max_diff * len(vec)))
-        for prev in self._val_vectors.get(researcher, []):
-            d = int((prev != vec).sum())
-            if 0 < d <= limit:
-                self.probe_pairs[researcher] = self.probe_pairs.get(researcher, 0) + 1
-                break
-        self._val_vectors.setdefault(researcher, []).append(vec)
-
-    def _probing(self, researcher: str) -> bool:
-        return self.probe_pairs.get(researcher, 0) >= self.scoring.probe_min_pairs
+                tags = {"aar.audit": self.audit_state(rec)}
+                if self.flags(rec):
+                    tags["aar.flags"] = ",".join(self.flags(rec))
+                self.tracker.set_tags(rec.mlflow_run, tags)
 
     def flagged_researchers(self) -> dict[str, int]:
-        return {r: n for r, n in self.probe_pairs.items() if n >= self.scoring.probe_min_pairs}
+        """Researchers the probing watch flagged, with their count of followed targeted flips."""
+        return {r: n for r, n in self.watch.events.items() if self.watch.flagged(r)}
 
     # ---------- persistence (a resumed campaign's scorer knows every scored trial) ----------
 
@@ -302,8 +345,8 @@ class Scorer:
         import json
         import os
 
-        data = {"t0": self.t0, "queries": self.queries, "refusals": self.refusals, "probe_pairs": self.probe_pairs,
-                "val_vectors": {r: [v.astype(int).tolist() for v in vs] for r, vs in self._val_vectors.items()},
+        data = {"t0": self.t0, "queries": self.queries, "refusals": self.refusals, "admitted": sorted(self.admitted),
+                "watch": self.watch.state(),
                 "trials": [{**{k: v for k, v in dataclasses.asdict(r).items() if k not in ("per_seed", "flags")},
                             "flags": sorted(r.flags), "per_seed": [dataclasses.asdict(x) for x in r.per_seed]}
                            for r in self.trials.values()]}
@@ -327,8 +370,8 @@ class Scorer:
         with open(self.state_path) as fh:
             data = json.load(fh)
         self.t0, self.queries, self.refusals = data["t0"], data["queries"], data["refusals"]
-        self.probe_pairs = data["probe_pairs"]
-        self._val_vectors = {r: [np.array(v, dtype=bool) for v in vs] for r, vs in data["val_vectors"].items()}
+        self.admitted = set(data["admitted"])
+        self.watch.restore(data["watch"])
         for t in data["trials"]:
             per = [SeedResult(**{**x, "losses": [tuple(l) for l in x["losses"]]}) for x in t.pop("per_seed")]
             flags = set(t.pop("flags"))

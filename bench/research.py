@@ -23,13 +23,15 @@ os.environ["AAR_TRACKING"] = "off"
 DIRECTIONS = ["data selection and filtering", "loss design", "teacher calibration"]
 
 
-def _scorer():
-    from aar_ray.config import W2SConfig, load_config
-    from aar_ray.config import ScoringConfig
+def _scorer(trials_each: int, world_seed: int = 0):
+    """The scorer on a pinned (public) world: each offline researcher may have `trials_each` trials
+    scored; the driver's naive line and the Tune searcher (one searcher, the whole team's budget) are
+    counted by the bench itself."""
+    from aar_ray.config import ScoringConfig, W2SConfig, load_config
     from aar_ray.scoring import Scorer
 
-    cfg = load_config(W2SConfig, ROOT / "experiments/w2s_quick.yaml", ["torch_threads=1"])
-    return Scorer(cfg, ScoringConfig(seeds=[0, 1, 2], query_budget=10_000))
+    cfg = load_config(W2SConfig, ROOT / "experiments/w2s_quick.yaml", ["torch_threads=1", f"world.seed={world_seed}"])
+    return Scorer(cfg, ScoringConfig(seeds=[0, 1, 2], query_budget=trials_each), exempt=("driver", "tune"))
 
 
 def run_inline(scorer, source: str, fidelity: str = "full") -> dict:
@@ -62,7 +64,7 @@ def offline_team(scorer, trials_each: int, workdir: Path) -> list[dict]:
 
     forum = Forum(workdir / "forum.db", n_seeds=3)
     jobs = _Jobs(scorer, forum)
-    budget = ResearcherBudget(trials=trials_each, idle_wait_s=0.0)
+    budget = ResearcherBudget(idle_wait_s=0.0)  # each researcher's trials: the scorer's query budget
     # the researchers take turns step by step, as concurrent actors would interleave
     team = []
     for i, direction in enumerate(DIRECTIONS):
@@ -115,7 +117,7 @@ def main(trials_each: int = 5) -> dict:
     from aar_ray.w2s.methods import resolve
 
     workdir = Path(tempfile.mkdtemp(prefix="aar_bench_research_"))
-    scorer = _scorer()
+    scorer = _scorer(trials_each)
     naive_src = resolve("naive").read_text()
     naive = scorer.score("driver", "naive", "naive", naive_src, "full", run_inline(scorer, naive_src))
     naive_test = next(r for r in scorer.driver_results() if r["trial_id"] == "naive")["test_pgr"]

@@ -25,7 +25,7 @@ SMALL = [f"w2s.{o}" for o in TINY if not o.startswith(("seeds", "torch_threads")
     "w2s.world.math_max=24", "w2s.strong.d_model=64", "w2s.strong.n_layer=2", "w2s.strong.pretrain_steps=300",
     "w2s.weak.pretrain_steps=60",
     "n_researchers=2", "scoring.seeds=[0,1]", "scoring.top_k=1", "scoring.heldout_tasks=[math]",
-    "researcher.trials=3", "budget.trials=4", "budget.deadline_s=240", "budget.grace_s=60",
+    "scoring.query_budget=3", "budget.trials=4", "budget.deadline_s=240", "budget.grace_s=60",
     "baselines=[naive,confidence]", "trial.seed_timeout_s=90", "progress=plain", "ray.num_cpus=2",
 ]
 
@@ -267,7 +267,7 @@ def test_researcher_actor_killed_mid_campaign_restarts_from_its_state(tmp_path, 
     monkeypatch.delenv("AAR_TRACKING", raising=False)
     exp = tracking.MlflowTracker().experiment("aar-campaign/kill-actor")
     cfg = load_config(CampaignConfig, ROOT / "experiments/quick.yaml",
-                      [*SMALL, "n_researchers=1", "researcher.trials=3", "budget.trials=3", "baselines=[naive]"])
+                      [*SMALL, "n_researchers=1", "scoring.query_budget=3", "budget.trials=3", "baselines=[naive]"])
     run_dir = tmp_path / "runs" / "kill-actor"
     ray.init(num_cpus=2, namespace="aar-kill-actor", include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": driver.worker_env()}, _temp_dir=f"/tmp/aar-ka-{os.getpid()}")

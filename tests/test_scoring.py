@@ -96,6 +96,9 @@ def test_researcher_sees_val_only_and_test_is_recorded(env):
     resp = scorer.score("alice", "t1", "naive", resolve("naive").read_text(), "full", preds)
     text = json.dumps(resp)
     assert set(resp) == {"trial_id", "name", "fidelity", "val_pgr", "val_acc", "seeds", "queries_left"}
+    # shown rounded to scoring.show_decimals: a few flipped predictions mostly show no change
+    assert resp["val_pgr"]["mean"] == round(scorer.trials["t1"].val["mean"], 2)
+    assert all(v == round(v, 2) for v in [resp["val_acc"], *resp["val_pgr"]["per_seed"]])
     assert "test" not in text and "heldout" not in text
     full = scorer.driver_results()[0]
     assert f"{full['test_pgr']['mean']}" not in text  # the hidden number is nowhere in the response
@@ -103,7 +106,7 @@ def test_researcher_sees_val_only_and_test_is_recorded(env):
     # the driver's view and MLflow hold the test PGR, on a trial run nested under the researcher
     run = MlflowClient(tracking.tracking_uri()).get_run(full["mlflow_run"])
     assert run.data.metrics["pgr_mean"] == pytest.approx(full["test_pgr"]["mean"])
-    assert run.data.metrics["val_pgr_mean"] == pytest.approx(resp["val_pgr"]["mean"])
+    assert run.data.metrics["val_pgr_mean"] == pytest.approx(resp["val_pgr"]["mean"], abs=0.005)
     assert run.data.tags[tracking.PARENT] == scorer.researcher_runs["alice"]
     # the same trial again costs no query
     assert scorer.score("alice", "t1", "naive", "", "full", preds)["queries_left"] == 2
@@ -121,6 +124,12 @@ def test_missing_seeds_are_not_a_result_and_budget_refusal(env):
         scorer.score("bob", "b3", "naive", "src3", "full", preds)
     assert [r["trial_id"] for r in scorer.refusals] == ["b3"]
     assert scorer.queries_left("alice") == 3  # budgets are per researcher
+    # a resubmission answered from the record is still a query; a trial that ends unscored gives its back
+    assert scorer.admit("alice", "b0")["val_pgr"] == scorer._val_view(scorer.trials["b0"])["val_pgr"]
+    assert scorer.admit("alice", "never-ran") is None and scorer.queries_left("alice") == 1
+    scorer.release("alice", "never-ran")
+    scorer.release("alice", "b0")  # scored: nothing to give back
+    assert scorer.queries_left("alice") == 2
 
 
 def test_heldout_stage_records_math_and_code_on_the_trial_run(env):
@@ -174,24 +183,37 @@ def test_val_test_gap_audit(env):
     assert scorer.audit_gap("naive", "naive") is False
 
 
-def test_probing_stream_is_flagged(env):
-    scorer, _ = make_scorer(env, query_budget=20)
-    src = resolve("naive").read_text()
-    base = run_request(src, scorer.request("full"))
-    scorer.score("alice", "a0", "naive", src, "full", base)
-    scorer.score("bob", "b0", "naive", src + "#", "full", base)
-    # bob flips one validation example at a time and watches the validation score: label probing
+PROBE_WORLD = ["world.n_entities=300"]  # a validation split of ~90 examples: room for targeted flips
+
+
+def test_probing_is_flagged_on_followed_targeted_flips_not_on_honest_tweaks(env):
+    from aar_ray.agents import compose
+
+    scorer, _ = make_scorer(env, overrides=PROBE_WORLD, query_budget=30)
     exp = scorer._exp["primary"]
-    for i in range(1, 5):
-        probe = {s: list(p) for s, p in base.items()}
-        for s in probe:
-            val_rows = np.flatnonzero(exp.task.split[engine.eval_order(exp.task.split, s)] == "val")
-            probe[s][val_rows[i]] = 1.0 - round(probe[s][val_rows[i]])
-        scorer.score("bob", f"b{i}", "probe", f"src{i}", "full", probe)
-    # alice submits genuinely different methods
-    for i, name in enumerate(("confidence", "label_smoothing")):
-        s2 = resolve(name).read_text()
-        scorer.score("alice", f"a{i + 1}", name, s2, "full", run_request(s2, scorer.request("full")))
-    assert scorer.flagged_researchers() == {"bob": 4}
-    flags = {r["trial_id"]: r["flags"] for r in scorer.driver_results()}
-    assert FLAG_PROBING in flags["b2"] and FLAG_PROBING not in flags["a1"]
+    # alice: honest variations, some tiny (a learning rate nudged, a smoothing step): their
+    # probabilities move on nearly every example, even where few cross 0.5
+    shown = {}
+    for i, comp in enumerate([{"loss": "ce"}, {"loss": "ce", "lr": 0.011}, {"loss": "ce", "lr": 0.012},
+                              {"loss": "smoothing", "eps": 0.1}, {"loss": "smoothing", "eps": 0.12},
+                              {"loss": "confidence", "alpha": 0.25}]):
+        src = compose.compile_composition(comp)
+        shown[i] = scorer.score("alice", f"a{i}", f"a{i}", src, "full", run_request(src, scorer.request("full")))
+    # bob: hill-climbs on the validation set by editing predictions: flip 3 validation examples,
+    # keep them if the shown score rose, revert them if it fell, then flip the next 3
+    naive = resolve("naive").read_text()
+    cur = run_request(naive, scorer.request("full"))
+    best = scorer.score("bob", "b0", "naive", naive, "full", cur)["val_pgr"]["mean"]
+    val_rows = {s: np.flatnonzero(exp.task.split[engine.eval_order(exp.task.split, s)] == "val") for s in cur}
+    for k in range(8):
+        cand = {s: list(p) for s, p in cur.items()}
+        for s in cand:
+            for r in val_rows[s][3 * k: 3 * k + 3]:
+                cand[s][r] = 1.0 - round(cand[s][r])
+        got = scorer.score("bob", f"b{k + 1}", "probe", f"probe{k}", "full", cand)["val_pgr"]["mean"]
+        if got > best:
+            cur, best = cand, got
+    assert "bob" in scorer.flagged_researchers() and scorer.flagged_researchers()["bob"] >= 3
+    assert "alice" not in scorer.flagged_researchers() and scorer.watch.events.get("alice", 0) == 0
+    audit = {r["trial_id"]: r["audit"] for r in scorer.driver_results()}
+    assert FLAG_PROBING in audit["b2"] and audit["a1"] == "not audited"  # flagged, not audited: never "clean"

@@ -69,10 +69,9 @@ def spec_from_source(source: str) -> dict | None:
 
 
 class OfflineBrain:
-    def __init__(self, direction: str, seed: int = 0, max_trials: int = 8):
+    def __init__(self, direction: str, seed: int = 0):
         self.direction = direction if direction in DIRECTION_KEYS else "loss design"
         self.seed = seed
-        self.max_trials = max_trials
         self.spend = Spend()
         self.rng = random.Random(f"{seed}:{self.direction}")
         self.tried: list[str] = []  # canonical JSON of compositions submitted
@@ -110,7 +109,7 @@ class OfflineBrain:
         for r in results:
             self._absorb(r)
         obs = _parse(observation)
-        trials_left = int(obs.get("trials_left", 0))
+        trials_left = int(obs.get("queries_left", 0))  # the scorer's budget: every scored submission is one
         calls: list[ToolCall] = []
         if self.pending:
             calls.append(self._call("get_results", {}))

@@ -47,9 +47,11 @@ sandboxed with no labels, no network and scratch-only writes.
 2. Do not skip the teacher. A method must learn from the weak labels, not exploit dataset structure \
 (e.g. majority answers per problem) to bypass them. An audit re-runs methods with shuffled weak \
 labels and flags any whose PGR survives.
-3. Do not probe the scorer. You see validation PGR only; test PGR and the held-out tasks are hidden \
-and are used only for the final ranking. Every scoring spends one query of your budget, so submit \
-ideas, not tiny perturbations.
+3. Do not probe the scorer. You see validation PGR only, rounded; test PGR and the held-out tasks \
+are hidden and appear only in the final table (winners are chosen on validation PGR). Every \
+submission that returns a score spends one query of your budget (resubmitting a scored method too), \
+so submit ideas, not tiny perturbations; editing predictions to follow the score is detected and \
+flagged.
 4. The harness picks the seeds; every reported number is a mean over its seeds with the spread. Do \
 not try to choose seeds.
 5. A finding that claims a result must give the trial_id of a scored trial."""

@@ -19,17 +19,24 @@ from aar_ray.agents.base import (BrainError, BudgetExceeded, DeadlineReached, Fi
 from aar_ray.agents.tools import validate
 from aar_ray.config import ResearcherBudget
 from aar_ray.sandbox.contract import TrialState
+from aar_ray.scoring import ScoringError
 from aar_ray.w2s.cache import content_key
 from aar_ray.w2s.methods import source_hash
 
 
 def call(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a method on a plain object or a Ray actor handle alike (keeps Ray at the edge)."""
+    """Call a method on a plain object or a Ray actor handle alike (keeps Ray at the edge). An actor's
+    exception is re-raised as itself (its cause), so callers catch the types they know."""
     fn = getattr(obj, method)
     if hasattr(fn, "remote"):
         import ray
 
-        return ray.get(fn.remote(*args, **kwargs))
+        try:
+            return ray.get(fn.remote(*args, **kwargs))
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, Exception):
+                raise e.cause from None
+            raise
     return fn(*args, **kwargs)
 
 
@@ -61,9 +68,6 @@ class ToolExecutor:
     # ---------- tools ----------
 
     def _tool_submit_method(self, inp: dict) -> dict:
-        mine = call(self.forum, "trials", self.rid)
-        if len(mine) >= self.budget.trials:
-            raise ToolRefused(f"trial budget spent: {len(mine)} of {self.budget.trials} trials submitted")
         if self.total_trials is not None:
             everyone = [t for t in call(self.forum, "trials") if t["researcher"] != "driver"]
             if len(everyone) >= self.total_trials:
@@ -76,10 +80,15 @@ class ToolExecutor:
         method_id = source_hash(source)
         trial_id = "t" + content_key("trial", method_id, inp["fidelity"], self.seeds)[:15]
         existing = call(self.forum, "trials", None, trial_id)
+        try:  # the scorer counts the query (and refuses past the budget) before anything runs
+            scored = call(self.scorer, "admit", self.rid, trial_id)
+        except ScoringError as e:
+            raise ToolRefused(str(e)) from None
         call(self.forum, "add_method", method_id, self.rid, inp["name"], source, inp["rationale"], comp)
         if existing:  # the same method and fidelity was already tried (by anyone): its result is shared
-            return {"trial_id": trial_id, "method_id": method_id, "status": existing[0]["status"],
-                    "composition": comp, "note": "this exact trial already exists; its result is shared"}
+            out = {"trial_id": trial_id, "method_id": method_id, "status": existing[0]["status"],
+                   "composition": comp, "note": "this exact trial already exists; its result is shared (one query)"}
+            return {**out, **({"val_pgr": scored["val_pgr"], "queries_left": scored["queries_left"]} if scored else {})}
         call(self.forum, "upsert_trial", trial_id, self.rid, method_id, inp["name"], inp["fidelity"], TrialState.QUEUED)
         self.submit_job(trial_id, self.rid, source, inp["fidelity"], inp["name"])
         return {"trial_id": trial_id, "method_id": method_id, "status": TrialState.QUEUED.value, "composition": comp}
@@ -120,8 +129,8 @@ class ToolExecutor:
         snap = call(self.pool, "owner_status", self.rid)
         return float(snap.get("gpu_seconds", 0.0)) if snap else 0.0
 
-    def trials_left(self) -> int:
-        return self.budget.trials - len(call(self.forum, "trials", self.rid))
+    def queries_left(self) -> int:
+        return int(call(self.scorer, "queries_left", self.rid))
 
     def pending(self) -> int:
         return sum(1 for t in call(self.forum, "trials", self.rid) if t["status"] == TrialState.QUEUED)
@@ -157,7 +166,7 @@ class Researcher:
             self.transcript.add("restored", step=self._step)
 
     def observe(self) -> str:
-        return json.dumps({"step": self._step, "trials_left": self.executor.trials_left(),
+        return json.dumps({"step": self._step, "queries_left": self.executor.queries_left(),
                            "pending": self.executor.pending(), "seconds_left": round(self.deadline - time.time()),
                            "spend": {"tokens": self.brain.spend.tokens, "dollars": round(self.brain.spend.dollars, 4)}})
 

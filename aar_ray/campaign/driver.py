@@ -135,6 +135,9 @@ def score_baselines(run: Run, svc: Services) -> None:
 
     print("[aar] baselines: pretraining (first time only) and weak/ceiling per seed...", flush=True)
     ray.get(svc.scorer.baselines.remote())
+    world = ray.get(svc.scorer.world.remote())  # recorded for people (to reproduce the run); agents never read it
+    run.tracker.set_tags(run.campaign_run, {"aar.world_seed": str(world["seed"]),
+                                            "aar.world": "public" if world["public"] else "secret"})
     for name in run.cfg.baselines:
         src, tid = resolve(name).read_text(), f"base-{name}"
         if not ray.get(svc.forum.trials.remote(None, tid)):

@@ -1,4 +1,5 @@
-"""Driver-only: held-out math and code PGR, and the audits, for the top-k methods (and naive).
+"""Driver-only: held-out math and code PGR, and the audits, for the top-k methods by validation PGR
+(and naive).
 
 Every job is submitted first (the pool runs them side by side, as resources allow), then the
 driver waits on them with `ray.wait` and scores each as it ends. A job done before an interruption
@@ -14,9 +15,11 @@ from aar_ray.config import CampaignConfig
 
 
 def top_methods(cfg: CampaignConfig, results: list[dict]) -> tuple[list[dict], dict | None]:
-    """(the top-k researcher trials by hidden test PGR, plus naive; the naive baseline trial)."""
+    """(the top-k researcher trials by validation PGR, plus naive; the naive baseline trial).
+
+    Selection never looks at test PGR: picking winners on it would bias the very number reported."""
     naive = next((r for r in results if r["researcher"] == DRIVER and r["name"] == "naive"), None)
-    ranked = sorted((r for r in results if r["researcher"] != DRIVER), key=lambda r: -r["test_pgr"]["mean"])
+    ranked = sorted((r for r in results if r["researcher"] != DRIVER), key=lambda r: -r["val_pgr"]["mean"])
     top = ranked[: cfg.scoring.top_k]
     return (top + [naive] if naive is not None else top), naive  # the reference line gets held-out numbers too
 

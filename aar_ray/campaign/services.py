@@ -169,6 +169,8 @@ class TrialService:
         """A trial with no score: the researcher sees why on the forum, and MLflow keeps a FAILED run."""
         state = TrialState.of(status)
         shown = f"{status.value}: {reason}" if state is TrialState.FAILED else reason
+        if status is not TrialStatus.REFUSED:  # no score, no query: the admitted one is given back
+            ray.get(self.scorer.release.remote(sub.owner, trial_id))
         ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name, sub.fidelity,
                                                state, None, shown))
         try:

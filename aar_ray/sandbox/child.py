@@ -168,7 +168,7 @@ def _lazy_base(student: _Student):
     touches the model fails in the time torch takes to import. The load runs inside the already
     confined process, exactly as it would eagerly.
     """
-    from aar_ray.w2s.models import Base
+    from aar_ray.w2s.student import Base
 
     class LazyBase(Base):
         def __init__(self):  # Base's own __init__ would assign the fields these properties replace
@@ -183,7 +183,7 @@ def _lazy_base(student: _Student):
         def tokenizer(self):
             if self._tok is None:
                 from aar_ray.config import ModelConfig
-                from aar_ray.w2s.models import load_tokenizer
+                from aar_ray.w2s.student import load_tokenizer
                 self._tok = load_tokenizer(ModelConfig(kind="hf", name_or_path=self.path))
             return self._tok
 
@@ -319,7 +319,7 @@ def _invalid(preds, n_eval: int) -> tuple[str, str] | None:
     """(kind, message) when run() returned no usable predictions or left processes behind."""
     import torch
 
-    from aar_ray.w2s.engine import validate_predictions
+    from aar_ray.w2s.api import validate_predictions
 
     if not isinstance(preds, torch.Tensor):
         return "InvalidOutput", f"run(ctx) must return a torch.Tensor, got {type(preds).__name__}"

@@ -38,6 +38,7 @@ from aar_ray.config import ProbeConfig
 from aar_ray.sandbox import precheck
 from aar_ray.sandbox.contract import (INPUT_KEYS, SeedInputs, StudentSpec, TrialLimits, TrialOutcome, TrialRequest,
                                       TrialStatus)
+from aar_ray.sandbox.runtime import RuntimeView, method_runtime
 
 SANDBOX_USER = "aar-sandbox"
 STAGE_DIR = "/run/aar-sandbox"  # empty mountpoint; the launcher mounts a tmpfs over it in a private mount ns
@@ -197,27 +198,13 @@ def _system_ro() -> list[str]:
             if os.path.exists(p)]
 
 
-def _runtime_trees() -> dict[str, str]:
-    """name -> path of what the child imports: interpreter prefix, venv, and this package (editable installs)."""
-    import aar_ray
-
-    trees = {"python": os.path.realpath(sys.base_prefix), "venv": os.path.realpath(sys.prefix)}
-    pkg = os.path.realpath(os.path.dirname(aar_ray.__file__))
-    if not any(pkg.startswith(t + "/") for t in trees.values()):
-        trees["pkg"] = pkg
-    return trees
-
-
-PKG_INSIDE = "/aar/pkg/aar_ray"  # where bwrap shows this package (not under /tmp: that is a fresh tmpfs)
-
-
-def _child_argv(python: str, spec: str, pkg: str | None) -> list[str]:
-    """Start the child from this very package, wherever it lives (an editable install's .pth may point
-    elsewhere, e.g. when `ray job submit` ships the package in a job's working dir)."""
-    parent = os.path.dirname(pkg) if pkg else os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
-    code = (f"import sys; sys.path.insert(0, {parent!r}); import runpy; "
+def _child_argv(view: RuntimeView, spec: str) -> list[str]:
+    """The interpreter with no site and no environment (`-I -S`), importing from the method runtime
+    view only (see runtime.py): what a method's process can import is decided here, by the path and
+    the mounts, not by a check of its source."""
+    code = (f"import sys; sys.path[:] = {view.sys_path()!r}; import runpy; "
             "runpy.run_module('aar_ray.sandbox.child', run_name='__main__', alter_sys=True)")
-    return [python, "-I", "-c", code, spec]
+    return [view.python, "-I", "-S", "-c", code, spec]
 
 
 def _child_env(threads: int, home: str) -> dict[str, str]:
@@ -233,7 +220,8 @@ def _plan(h: Host, lim: SandboxLimits, trial: Path, request: TrialRequest) -> tu
     launcher, layers = _plan_launcher(h, lim, trial, request)
     use_bwrap = lim.use_bwrap and h.bwrap is not None
     plan = _plan_bwrap if use_bwrap else _plan_direct
-    paths = plan(h, lim, trial, os.path.realpath(request.student.path), launcher, layers, request.limits.threads)
+    paths = plan(h, lim, trial, os.path.realpath(request.student.path), launcher, layers, request.limits.threads,
+                 method_runtime())
     child = {"request": paths["in"], "method": f"{paths['in']}/method.py", "student": paths["student"],
              "scratch": paths["scratch"],
              "landlock": {"read": paths["ro"] + ["/proc/self", "/proc/cpuinfo", "/dev/urandom", "/dev/random",
@@ -268,18 +256,16 @@ def _plan_launcher(h: Host, lim: SandboxLimits, trial: Path, request: TrialReque
 
 
 def _plan_bwrap(h: Host, lim: SandboxLimits, trial: Path, student: str, launcher: dict, layers: list,
-                threads: int) -> dict:
-    """Namespaces: only the runtime, the inputs and the student are bound, read-only; tmpfs scratch."""
-    trees = _runtime_trees()
-    python = os.path.join(trees["venv"], "bin", "python")
-    inside = {"python": trees["python"], "venv": trees["venv"], "pkg": PKG_INSIDE if trees.get("pkg") else None,
-              "in": "/aar/in", "student": "/aar/student"}
-    sources = {"python": trees["python"], "venv": trees["venv"], "pkg": trees.get("pkg"), "in": str(trial / "in"),
-               "student": student}
-    sources = {k: v for k, v in sources.items() if v}
+                threads: int, view: RuntimeView) -> dict:
+    """Namespaces: only the method runtime (at its real paths), the inputs and the student are bound,
+    read-only; the interpreter's own site-packages is covered by an empty tmpfs; tmpfs scratch."""
+    binds = {"python": (view.python, view.python), "stdlib": (view.stdlib, view.stdlib), "rt": (view.root, view.root),
+             **{f"lib{i}": (p, p) for i, p in enumerate(view.libs)},
+             **{f"site{i}": (p, p) for i, p in enumerate(view.targets)},
+             "in": (str(trial / "in"), "/aar/in"), "student": (student, "/aar/student")}
     if h.stage:  # bwrap runs as the sandbox uid: give it sources it can reach
-        launcher["stage"] = {"dir": STAGE_DIR, "binds": [[v, k] for k, v in sources.items()]}
-        sources = {k: f"{STAGE_DIR}/{k}" for k in sources}
+        launcher["stage"] = {"dir": STAGE_DIR, "binds": [[src, name] for name, (src, _) in binds.items()]}
+        binds = {name: (f"{STAGE_DIR}/{name}", dst) for name, (_, dst) in binds.items()}
         layers.append("staged-binds")
     argv = ["/usr/bin/env", "-i", h.bwrap, *_BWRAP_FLAGS]
     for p in _system_ro():
@@ -291,42 +277,43 @@ def _plan_bwrap(h: Host, lim: SandboxLimits, trial: Path, student: str, launcher
              "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/aar/scratch",
              "--perms", "0700", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/tmp",
              "--perms", "1777", "--size", str(lim.scratch_mb << 20), "--tmpfs", "/dev/shm"]
-    # after the tmpfs mounts: an interpreter or venv that lives under /tmp (a checkout in /tmp) stays
-    # visible, read-only, inside the fresh /tmp
-    for k, src in sources.items():
-        argv += ["--ro-bind", src, inside[k]]
+    # after the tmpfs mounts: a runtime that lives under /tmp (a checkout in /tmp) stays visible,
+    # read-only, inside the fresh /tmp
+    for src, dst in binds.values():
+        argv += ["--ro-bind", src, dst]
+    for d in view.hidden:
+        argv += ["--perms", "0555", "--size", "4096", "--tmpfs", d]
     for d in lim.devices:
         argv += ["--dev-bind", d, d]
     for k, v in _child_env(threads, "/aar/scratch").items():
         argv += ["--setenv", k, v]
-    argv += ["--chdir", "/aar/scratch", "--", *_child_argv(python, "/aar/in/spec.json", inside["pkg"])]
+    argv += ["--chdir", "/aar/scratch", "--", *_child_argv(view, "/aar/in/spec.json")]
     launcher.update(argv=argv, env={})
     layers.append("bwrap(" + ",".join(["unshare-all", "cap-drop", "disable-userns", "ro-binds", "tmpfs"]) + ")")
-    ro = [inside["python"], inside["venv"], *([inside["pkg"]] if inside["pkg"] else []), "/aar/in", "/aar/student",
-          *_system_ro()]
+    layers.append("method-runtime")
+    ro = [view.python, *view.libs, view.stdlib, view.root, *view.targets, "/aar/in", "/aar/student", *_system_ro()]
     return {"in": "/aar/in", "student": "/aar/student", "scratch": "/aar/scratch", "ro": ro,
             "rw": ["/aar/scratch", "/tmp", "/dev/shm"]}
 
 
 def _plan_direct(h: Host, lim: SandboxLimits, trial: Path, student: str, launcher: dict, layers: list,
-                 threads: int) -> dict:
-    """No namespaces (bwrap unusable, e.g. in a pod): the child sees the host's paths; Landlock and
-    seccomp confine it."""
-    trees = _runtime_trees()
-    python = os.path.join(trees["venv"], "bin", "python")
+                 threads: int, view: RuntimeView) -> dict:
+    """No namespaces (bwrap unusable, e.g. in a pod): the child sees the host's paths; Landlock lets it
+    read the method runtime, its inputs and the student, and nothing else; seccomp confines it."""
     scratch = trial / "scratch"
     scratch.mkdir(mode=0o700)
     if h.uid is not None:
         os.chown(scratch, h.uid, h.gid)
     inn = str(trial / "in")
     if h.stage:
-        launcher["expose"] = [*trees.values(), inn, student]
+        launcher["expose"] = [view.python, *view.libs, view.stdlib, view.root, *view.targets, inn, student]
         layers.append("exposed-in-place")
-    launcher.update(argv=_child_argv(python, f"{inn}/spec.json", trees.get("pkg")),
-                    env=_child_env(threads, str(scratch)), cwd=str(scratch),
-                    check_readable=[python, os.path.join(trees["python"], "lib"), f"{inn}/spec.json", student,
-                                    str(scratch)])
-    return {"in": inn, "student": student, "scratch": str(scratch), "ro": [*trees.values(), inn, student, *_system_ro()],
+    launcher.update(argv=_child_argv(view, f"{inn}/spec.json"), env=_child_env(threads, str(scratch)),
+                    cwd=str(scratch), check_readable=[view.python, view.stdlib, f"{inn}/spec.json", student,
+                                                      str(scratch)])
+    layers.append("method-runtime")
+    return {"in": inn, "student": student, "scratch": str(scratch), "ro": [*view.readable(), inn, student,
+                                                                            *_system_ro()],
             "rw": [str(scratch)]}
 
 
@@ -404,7 +391,7 @@ def _load_result(path: Path, n_eval: Mapping[int, int]) -> tuple[dict, dict, str
     import numpy as np
     import torch
 
-    from aar_ray.w2s.engine import validate_predictions
+    from aar_ray.w2s.api import validate_predictions
 
     seeds = list(n_eval)
     blob = _read_capped(path, MAX_RESULT_BYTES)

@@ -70,7 +70,7 @@ def run_trusted(source: str, request: TrialRequest) -> TrialOutcome:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aar_ray.w2s.api import MethodContext
-    from aar_ray.w2s.engine import validate_predictions
+    from aar_ray.w2s.api import validate_predictions
     from aar_ray.w2s.methods import load_module
     from aar_ray.w2s.models import Base
 

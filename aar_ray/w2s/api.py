@@ -25,9 +25,28 @@ import torch
 import torch.nn.functional as F
 
 from aar_ray.config import ProbeConfig
-from aar_ray.w2s.models import Base, features
+from aar_ray.w2s.student import Base, features
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def validate_predictions(preds: object, n: int) -> torch.Tensor:
+    """Predictions must be a finite float tensor of shape (n,) with values in [0, 1]."""
+    if not isinstance(preds, torch.Tensor):
+        raise ValueError(f"run(ctx) must return a torch.Tensor, got {type(preds).__name__}")
+    preds = preds.detach().to("cpu")
+    if preds.dim() == 2 and preds.shape[1] == 1:
+        preds = preds[:, 0]
+    if tuple(preds.shape) != (n,):
+        raise ValueError(f"run(ctx) must return shape ({n},), got {tuple(preds.shape)}")
+    if not preds.is_floating_point():
+        raise ValueError(f"run(ctx) must return floating-point probabilities, got {preds.dtype}")
+    preds = preds.float()
+    if not torch.isfinite(preds).all():
+        raise ValueError(f"run(ctx) returned {int((~torch.isfinite(preds)).sum())} non-finite values")
+    if preds.min() < 0 or preds.max() > 1:
+        raise ValueError(f"run(ctx) must return probabilities in [0, 1], got range [{preds.min():.3g}, {preds.max():.3g}]")
+    return preds
 
 
 def soft_ce(logits: torch.Tensor, targets: torch.Tensor, progress: float = 0.0) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from aar_ray.config import W2SConfig
 from aar_ray.w2s import cache
-from aar_ray.w2s.api import MethodContext, baseline_probe
+from aar_ray.w2s.api import MethodContext, baseline_probe, validate_predictions  # noqa: F401 (re-exported)
 from aar_ray.w2s.metrics import accuracy, mean_std, pgr
 from aar_ray.w2s.methods import load_module, method_name, resolve, source_hash
 from aar_ray.w2s.models import Base, features, load_base, resolve_device
@@ -33,11 +33,12 @@ BASELINE_VERSION = 1  # bump when the baseline recipe's code changes
 class Experiment:
     """A task with its two bases, ready for any number of seeds and methods."""
 
-    cfg: W2SConfig
+    cfg: W2SConfig  # with the world's seed resolved
     task: TaskData
     weak: Base
     strong: Base
     device: torch.device
+    world_public: bool = True  # False: the world's seed is this installation's secret
 
     def weak_inputs(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs as the weak base's tokenizer sees them (the same ids for built-in world tasks)."""
@@ -124,11 +125,22 @@ def prepare(cfg: W2SConfig, progress: bool = True) -> Experiment:
     """Build the task and load (pretraining and caching if needed) both bases."""
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    cfg, public = resolve_world(cfg)
     device = resolve_device(cfg.device)
     task = build_task(cfg)
     weak = load_base(cfg.weak, device, task, "weak", progress)
     strong = load_base(cfg.strong, device, task, "strong", progress)
-    return Experiment(cfg, task, weak, strong, device)
+    return Experiment(cfg, task, weak, strong, device, public)
+
+
+def resolve_world(cfg: W2SConfig) -> tuple[W2SConfig, bool]:
+    """(`cfg` with its world's seed, whether the world is public): see WorldConfig.seed."""
+    from dataclasses import replace
+
+    from aar_ray.w2s.world import resolve_seed
+
+    world, public = resolve_seed(cfg.world)
+    return replace(cfg, world=world), public
 
 
 def baseline(exp: Experiment, seed: int) -> Baseline:
@@ -192,25 +204,6 @@ def trial_inputs(exp: Experiment, seed: int, base: Baseline, fidelity: str | Non
         batch_size=exp.cfg.batch_size_features,
     )
     return TrialInputs(ctx, eval_idx)
-
-
-def validate_predictions(preds: object, n: int) -> torch.Tensor:
-    """Predictions must be a finite float tensor of shape (n,) with values in [0, 1]."""
-    if not isinstance(preds, torch.Tensor):
-        raise ValueError(f"run(ctx) must return a torch.Tensor, got {type(preds).__name__}")
-    preds = preds.detach().to("cpu")
-    if preds.dim() == 2 and preds.shape[1] == 1:
-        preds = preds[:, 0]
-    if tuple(preds.shape) != (n,):
-        raise ValueError(f"run(ctx) must return shape ({n},), got {tuple(preds.shape)}")
-    if not preds.is_floating_point():
-        raise ValueError(f"run(ctx) must return floating-point probabilities, got {preds.dtype}")
-    preds = preds.float()
-    if not torch.isfinite(preds).all():
-        raise ValueError(f"run(ctx) returned {int((~torch.isfinite(preds)).sum())} non-finite values")
-    if preds.min() < 0 or preds.max() > 1:
-        raise ValueError(f"run(ctx) must return probabilities in [0, 1], got range [{preds.min():.3g}, {preds.max():.3g}]")
-    return preds
 
 
 def score(exp: Experiment, base: Baseline, eval_idx: np.ndarray, preds: torch.Tensor) -> tuple[dict, dict]:

@@ -10,7 +10,7 @@ import math
 import os
 import time
 from pathlib import Path
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import lru_cache
 
 import torch
@@ -18,35 +18,10 @@ import torch.nn.functional as F
 
 from aar_ray.config import ModelConfig
 from aar_ray.w2s import cache
+from aar_ray.w2s.student import Base, features, load_tokenizer, quiet_transformers, resolve_device  # noqa: F401
 from aar_ray.w2s.world import SPECIALS, World
 
 PRETRAIN_VERSION = 1  # bump when pretraining code changes what a cached base contains
-
-
-@dataclass
-class Base:
-    """A frozen base model with its tokenizer; `key` identifies its weights."""
-
-    model: torch.nn.Module
-    tokenizer: object
-    key: str
-    path: str  # directory holding weights + tokenizer (loadable by from_pretrained)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but torch sees no CUDA device")
-    return torch.device(device)
-
-
-def _quiet_transformers() -> None:
-    """Our own progress bars say what is happening; transformers' per-shard bars only add noise."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 @lru_cache(maxsize=8)
@@ -68,24 +43,6 @@ def world_tokenizer(world: World):
     return _world_tokenizer_cached(words)
 
 
-def load_tokenizer(cfg: ModelConfig):
-    import json
-
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    conf = Path(cfg.name_or_path) / "tokenizer_config.json"
-    generic = conf.is_file() and json.loads(conf.read_text()).get("tokenizer_class") in (
-        "TokenizersBackend", "PreTrainedTokenizerFast")
-    # A generic tokenizer.json (ours, or any custom one) must load as itself: AutoTokenizer would pick
-    # the model family's tokenizer class from config.json and ignore the file.
-    tok = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(cfg.name_or_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
-    tok.truncation_side = "left"  # probes read the last real token: a text over max_length keeps its end
-    return tok
-
-
 def _tiny_config(cfg: ModelConfig, vocab_size: int, max_len: int):
     from transformers import LlamaConfig
 
@@ -103,7 +60,7 @@ def load_base(cfg: ModelConfig, device: torch.device, task=None, role: str = "st
     """The base for `role` ('weak' | 'strong'): pretrained-and-cached if tiny, loaded if HF."""
     from transformers import AutoModelForCausalLM
 
-    _quiet_transformers()
+    quiet_transformers()
     if cfg.kind == "hf":
         model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=_dtype(cfg)).to(device).eval()
         return Base(model, load_tokenizer(cfg), f"hf:{cfg.name_or_path}:{cfg.dtype}", cfg.name_or_path)
@@ -180,30 +137,3 @@ class _progress:
     def close(self) -> None:
         if self._rich is not None:
             self._rich.stop()
-
-
-@torch.no_grad()
-def features(base: Base, input_ids: torch.Tensor, attention_mask: torch.Tensor, kind: str = "softmax",
-             layer: int = -1, batch_size: int = 256) -> torch.Tensor:
-    """What a probe reads at each example's last real token, as float32 on CPU.
-
-    kind='softmax': the next-token distribution, (N, V). kind='logits': the next-token logits, (N, V).
-    kind='hidden': hidden state of `layer`, (N, D).
-    """
-    if kind not in ("softmax", "logits", "hidden"):
-        raise ValueError(f"features kind must be 'softmax', 'logits' or 'hidden', got {kind!r}")
-    device = next(base.model.parameters()).device
-    out = []
-    last = attention_mask.sum(1) - 1  # (N,) index of the last real token
-    for i in range(0, len(input_ids), batch_size):
-        ids, mask = input_ids[i:i + batch_size].to(device), attention_mask[i:i + batch_size].to(device)
-        res = base.model(input_ids=ids, attention_mask=mask, output_hidden_states=(kind == "hidden"))
-        rows = torch.arange(len(ids), device=device)
-        pos = last[i:i + batch_size].to(device)
-        if kind == "softmax":
-            out.append(torch.softmax(res.logits[rows, pos].float(), dim=-1).cpu())  # (B, V)
-        elif kind == "logits":
-            out.append(res.logits[rows, pos].float().cpu())  # (B, V)
-        else:
-            out.append(res.hidden_states[layer][rows, pos].float().cpu())  # (B, D)
-    return torch.cat(out)

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-VERSION = 1  # bump when candidates or labelling change
+VERSION = 2  # bump when candidates, their text or labelling change
+ANON_ENTRY = "candidate"  # every HumanEval entry point is shown under this name: the text names no problem
 HUMANEVAL_MUTANTS = 4  # mutants per HumanEval problem (before dropping ones identical to the solution)
 CHAMP_WRONG = 3  # wrong answers per CHAMP problem
 TEST_TIMEOUT_S = 6.0  # per candidate; a mutant that loops forever fails
@@ -178,11 +179,18 @@ def humaneval_rows(n_mutants: int = HUMANEVAL_MUTANTS, seed: int = 0, limit: int
     with ThreadPoolExecutor(max_workers=workers or max(1, min(8, os.cpu_count() or 1))) as pool:
         list(pool.map(work, range(len(cands))))
     broken = {c[0] for c, (ok, _) in zip(cands, results) if c[1] == "canonical" and not ok}
-    rows = [{"text": prog, "label": int(ok), "group": tid, "candidate": kind, "test_result": why}
-            for (tid, kind, prog, _, _), (ok, why) in zip(cands, results) if tid not in broken]
+    rows = [{"text": anonymize(prog, entry), "label": int(ok), "group": tid, "candidate": kind, "test_result": why}
+            for (tid, kind, prog, _, entry), (ok, why) in zip(cands, results) if tid not in broken]
     stats = {"problems": len(problems) - len(broken), "dropped_problems": sorted(broken), "candidates": len(rows),
              "passing": sum(r["label"] for r in rows), "build_s": round(time.time() - t0, 1)}
     return rows, stats
+
+
+def anonymize(program: str, entry: str) -> str:
+    """The program as a method sees it: its entry point renamed (definition, recursive calls and the
+    docstring's examples alike), so the text does not name the HumanEval problem it came from. The
+    label was computed on the original, with the original tests."""
+    return re.sub(rf"\b{re.escape(entry)}\b", ANON_ENTRY, program)
 
 
 # ---------- math: CHAMP answers, right and plausibly wrong ----------

@@ -12,12 +12,17 @@ strong base can read from what it remembers and the weak base often cannot.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from aar_ray.config import WorldConfig
+
+SECRET_FILE = "world_seed"  # under <cache>/private/ (0700): read by the harness, never mounted in a sandbox
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "sh"]
@@ -102,8 +107,40 @@ def _split_groups(rng: np.random.Generator, groups: list[int], cfg: WorldConfig)
     return split
 
 
+def secret_seed() -> int:
+    """This installation's world seed: drawn once (62 random bits: no method can try them all),
+    stored 0600 in a 0700 directory of the cache, which sandboxes never mount."""
+    from aar_ray.w2s.cache import cache_dir
+
+    d = cache_dir() / "private"
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    path = d / SECRET_FILE
+    if not path.exists():
+        tmp = d / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(str(secrets.randbits(62)))
+        try:
+            os.link(tmp, path)  # atomic, and the first writer wins: every process reads the same seed
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return int(path.read_text().strip())
+
+
+def resolve_seed(cfg: WorldConfig) -> tuple[WorldConfig, bool]:
+    """(`cfg` with a seed, whether the world is public): a pinned seed is public, None is the secret one."""
+    if cfg.seed is not None:
+        return cfg, True
+    return dataclasses.replace(cfg, seed=secret_seed()), False
+
+
 @lru_cache(maxsize=8)
 def build_world(cfg: WorldConfig) -> World:
+    if cfg.seed is None:
+        raise ValueError("build_world needs a seed: resolve it first (world.resolve_seed)")
     rng = np.random.default_rng([cfg.seed, 20231214])
     taken: set[str] = set()
     entities = _names(rng, cfg.n_entities, taken)
