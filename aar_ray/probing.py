@@ -73,8 +73,9 @@ class ProbeWatch:
             if change[rows].sum() < self.concentration * change.sum():
                 continue
             if best is None or len(rows) < len(best.rows):
-                best = _Probe(j, len(subs), rows, int(np.sign(round(shown - scores[j], 6))))
-        return best if best is not None and best.direction != 0 else None
+                delta = shown - scores[j]  # NaN (a seed without a gap) shows nothing to follow
+                best = _Probe(j, len(subs), rows, int(np.sign(round(delta, 6))) if np.isfinite(delta) else 0)
+        return best if best is not None and best.direction != 0 else None  # no change shown: nothing to follow
 
     def _follow_up(self, researcher: str, probs: np.ndarray) -> None:
         """Does this submission act on an open probe's result? Count it, and close the probe."""

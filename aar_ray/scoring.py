@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -88,6 +89,7 @@ class Scorer:
         self.cfg, self.world_public = engine.resolve_world(dataclasses.replace(w2s, seeds=list(scoring.seeds)))
         self.scoring = scoring
         self.trial = trial  # the limits and device every request carries
+        self._building = threading.RLock()  # loading bases is not thread-safe (transformers' meta-device init)
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.researcher_runs = dict(researcher_runs or {})
@@ -111,6 +113,10 @@ class Scorer:
     def _experiment(self, task: str):
         from aar_ray.w2s import engine
 
+        with self._building:  # the actor serves requests on several threads; build each experiment once
+            return self._experiment_locked(task, engine)
+
+    def _experiment_locked(self, task: str, engine):
         if task not in self._exp:
             if task not in self.scoring.heldout_tasks:
                 raise ScoringError(f"unknown task {task!r}")
@@ -121,9 +127,10 @@ class Scorer:
     def _baseline(self, task: str, seed: int):
         from aar_ray.w2s import engine
 
-        if (task, seed) not in self._base:
-            self._base[(task, seed)] = engine.baseline(self._experiment(task), seed)
-        return self._base[(task, seed)]
+        with self._building:
+            if (task, seed) not in self._base:
+                self._base[(task, seed)] = engine.baseline(self._experiment(task), seed)
+            return self._base[(task, seed)]
 
     @property
     def seeds(self) -> list[int]:
@@ -253,13 +260,13 @@ class Scorer:
                 "queries_left": self.queries_left(rec.researcher)}
 
     def _val_probs(self, preds: dict):
-        """The first harness seed's predictions on its validation rows (what the probing watch compares)."""
+        """Every seed's predictions on its validation rows, one after the other (what the probing watch
+        compares): an edited eval row is a validation example in some seed's order or another."""
         from aar_ray.w2s import engine
 
         exp = self._experiment("primary")
-        s = self.cfg.seeds[0]
-        idx = engine.eval_order(exp.task.split, s)
-        return preds[s][exp.task.split[idx] == "val"].numpy()
+        rows = [preds[s][exp.task.split[engine.eval_order(exp.task.split, s)] == "val"] for s in self.cfg.seeds]
+        return np.concatenate([r.numpy() for r in rows])
 
     # ---------- driver-only ----------
 

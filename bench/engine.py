@@ -29,7 +29,7 @@ def main(overrides: list[str]) -> dict:
     out: dict = {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "tasks": {}}
     pretrain_s = 0.0
     for task in ("facts", "math", "code"):
-        cfg = load_config(W2SConfig, preset, [f"task={task}", "methods=[naive]", *overrides])
+        cfg = load_config(W2SConfig, preset, [f"task={task}", "methods=[naive]", "world.seed=0", *overrides])  # public world 0
         t0 = time.perf_counter()
         exp = engine.prepare(cfg)
         pretrain_s += time.perf_counter() - t0

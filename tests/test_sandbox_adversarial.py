@@ -206,7 +206,8 @@ def test_precheck_rejects_planted_methods_with_a_readable_reason(tmp_path):
     # a courtesy layer: the static check names the line. Resource and output-validation cases
     # (NaN, wrong shape, sleeping, spinning, allocating, writing to a /tmp path) need not trip it.
     benign = {"return_nan.py", "wrong_shape.py", "sleep_past_timeout.py", "infinite_loop.py", "memory_bomb.py",
-              "memory_touch_bomb.py", "fill_disk.py", "write_outside_scratch.py"}
+              "memory_touch_bomb.py", "fill_disk.py", "write_outside_scratch.py",
+              "read_package_source.py"}  # a plain path outside every known prefix: the mounts stop it
     values = {"LABEL_PATH": "/var/lib/aar-scorer/labels.pt", "HARNESS_PID": 4242, "SECRET": "s", "TCP_PORT": 1,
               "UDP_PORT": 2, "UNIX_SOCK": "/run/x.sock", "HOST_DIR": "/tmp/x", "MARKER": "/tmp/m",
               # wherever the checkout lives (CI clones outside every well-known prefix)

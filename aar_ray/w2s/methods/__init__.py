@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +40,7 @@ def load_module(path: Path) -> ModuleType:
     """Import a method file as a fresh module. Trusted code only: agent code goes through the sandbox."""
     spec = importlib.util.spec_from_file_location(f"aar_method_{source_hash(path.read_text())}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: a method's dataclasses look themselves up there
     spec.loader.exec_module(module)
     if not callable(getattr(module, "run", None)):
         raise ConfigError(f"method {path}: defines no run(ctx) function")
