@@ -73,15 +73,29 @@ def cmd_ui(args: argparse.Namespace) -> int:
             return 0
         print(f"aar ui: port {args.port} on {args.host} is taken by another program; pass --port", file=sys.stderr)
         return 1
-    uri = tracking.tracking_uri()
+    uri = store_uri(args.store) if args.store else tracking.tracking_uri()
+    if not uri.startswith("sqlite:"):
+        print(f"aar ui: {uri} is a tracking server: open it in a browser (there is nothing to serve here)")
+        return 0
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port", str(args.port), "--workers", "1",
-           "--backend-store-uri", uri, "--artifacts-destination", str(tracking.store_dir() / "artifacts")]
+           "--backend-store-uri", uri, "--artifacts-destination", str(tracking.artifacts_dir(uri))]
     print(f"MLflow UI at {url} (store {uri}); Ctrl-C stops it", flush=True)
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 0
+
+
+def store_uri(store: str) -> str:
+    """`aar ui --store`: a tracking URI as is; a directory holding mlflow.db; or a results home (its .mlflow/)."""
+    if "://" in store or store.startswith("sqlite:"):
+        return store
+    p = Path(store).expanduser().resolve()
+    for db in (p / "mlflow.db", p / ".mlflow" / "mlflow.db"):
+        if db.is_file():
+            return f"sqlite:///{db}"
+    raise ConfigError(f"--store: no MLflow store at {p} (looked for mlflow.db and .mlflow/mlflow.db)")
 
 
 def cmd_campaign(args: argparse.Namespace) -> int:
@@ -94,6 +108,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     from aar_ray.report import report_main
 
     return report_main(args.campaign_id, args.out)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """`ray job submit` of a campaign from this checkout: results go to a lasting home (AAR_HOME,
+    default this checkout), and runs carry this checkout's git SHA (the upload has no .git)."""
+    import shutil
+    import subprocess
+
+    from aar_ray.config import PROJECT_ROOT
+    from aar_ray.home import in_ray_upload
+
+    if in_ray_upload():
+        print("aar submit: run it from your checkout, not from inside a Ray job", file=sys.stderr)
+        return 2
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+
+    env = {"AAR_HOME": args.home or os.environ.get("AAR_HOME") or str(PROJECT_ROOT),
+           "AAR_GIT_SHA": git("rev-parse", "HEAD") or "unknown",
+           "AAR_GIT_DIRTY": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
+    for k in ("MLFLOW_TRACKING_URI", "AAR_RUNS_DIR", "AAR_MLFLOW_DIR", "AAR_CACHE_DIR", "HF_HUB_OFFLINE"):
+        if os.environ.get(k):  # not secrets: credentials travel by cluster.env or a Kubernetes Secret
+            env[k] = os.environ[k]
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    cmd = [ray_bin, "job", "submit", *(["--address", args.address] if args.address else []),
+           *(["--no-wait"] if args.no_wait else []), "--working-dir", str(PROJECT_ROOT),
+           "--runtime-env-json", json.dumps({"env_vars": env}), "--",
+           "python", "-m", "aar_ray", "campaign", args.preset, *args.overrides]
+    print(f"aar submit: results home {env['AAR_HOME']}, git {env['AAR_GIT_SHA'][:12]}"
+          f"{' (dirty)' if env['AAR_GIT_DIRTY'] == 'true' else ''}", flush=True)
+    return subprocess.call(cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,10 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("campaign_id")
     r.add_argument("--out", help="output directory (default runs/<campaign-id>/)")
     r.set_defaults(func=cmd_report)
+    s = sub.add_parser("submit", help="submit a campaign to a Ray cluster with `ray job submit`, recording to a "
+                                      "lasting results home")
+    s.add_argument("preset", help="YAML preset, e.g. experiments/quick.yaml")
+    s.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. campaign_id=my-run")
+    s.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""), help="the head's dashboard address")
+    s.add_argument("--home", help="the results home on the cluster (default: $AAR_HOME, else this checkout)")
+    s.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    s.set_defaults(func=cmd_submit)
     sub.add_parser("trial", help="run one method file through the sandbox on the quick task (see `aar trial --help`)")
     u = sub.add_parser("ui", help="serve the MLflow UI over the default store")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--store", help="a tracking URI, a directory holding mlflow.db, or a results home "
+                                   "(default: MLFLOW_TRACKING_URI, else this results home's .mlflow/)")
     u.set_defaults(func=cmd_ui)
     return p
 

@@ -496,7 +496,7 @@ class CampaignConfig:
     ray: RayConnect = field(default_factory=RayConnect)
     """Ray connection."""
     runs_dir: str = ""
-    """Where campaign directories go; empty: $AAR_RUNS_DIR or <project>/runs."""
+    """Where campaign directories go; empty: $AAR_RUNS_DIR, else the results home's runs/ (see aar_ray/home.py)."""
     baselines: list[str] = field(default_factory=lambda: builtin_methods())
     """Built-in methods the driver scores first (the naive and human-style reference lines)."""
     progress: str = "auto"

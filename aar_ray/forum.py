@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from aar_ray.sandbox.contract import TrialState
+from aar_ray.sandbox.contract import TrialState, TrialStatus
 
 FORUM_NAME = "aar-forum"
 _CLAIM = re.compile(r"(\d+\.\d+|\d+\s*%|\bpgr\b\s*(=|of|:|is)\s*-?\d)", re.I)
@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS methods (method_id TEXT PRIMARY KEY, researcher TEXT,
     rationale TEXT, composition TEXT, created REAL);
 CREATE TABLE IF NOT EXISTS trials (trial_id TEXT PRIMARY KEY, researcher TEXT, method_id TEXT, name TEXT,
     fidelity TEXT, status TEXT, val_pgr_mean REAL, val_pgr_std REAL, val_acc REAL, seeds INTEGER, error TEXT,
-    created REAL, updated REAL);
+    created REAL, updated REAL, outcome TEXT);
 CREATE TABLE IF NOT EXISTS findings (id INTEGER PRIMARY KEY AUTOINCREMENT, researcher TEXT, text TEXT,
     trial_id TEXT, created REAL);
 CREATE TABLE IF NOT EXISTS state (researcher TEXT PRIMARY KEY, data TEXT, updated REAL);
@@ -47,6 +47,8 @@ class Forum:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        if "outcome" not in {r[1] for r in self._db.execute("PRAGMA table_info(trials)")}:  # a forum from before
+            self._db.execute("ALTER TABLE trials ADD COLUMN outcome TEXT")
 
     def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -71,18 +73,32 @@ class Forum:
     # ---------- trials ----------
 
     def upsert_trial(self, trial_id: str, researcher: str, method_id: str, name: str, fidelity: str,
-                     status: TrialState, val: dict | None = None, error: str | None = None) -> None:
+                     status: TrialState, val: dict | None = None, error: str | None = None,
+                     outcome: TrialStatus | None = None) -> None:
+        """A trial's row: its state, validation numbers when scored, and how its job ended (`outcome`)."""
         status = TrialState(status).value  # a bad state fails here, not in a reader
+        outcome = TrialStatus(outcome).value if outcome is not None else None
         now = time.time()
         val = val or {}
         with self._lock:
             self._db.execute(
-                "INSERT INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(trial_id) DO UPDATE SET "
+                "INSERT INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(trial_id) DO UPDATE SET "
                 "status=excluded.status, val_pgr_mean=COALESCE(excluded.val_pgr_mean, val_pgr_mean), "
                 "val_pgr_std=COALESCE(excluded.val_pgr_std, val_pgr_std), val_acc=COALESCE(excluded.val_acc, val_acc),"
-                " seeds=COALESCE(excluded.seeds, seeds), error=excluded.error, updated=excluded.updated",
+                " seeds=COALESCE(excluded.seeds, seeds), error=excluded.error, updated=excluded.updated, "
+                "outcome=excluded.outcome",
                 (trial_id, researcher, method_id, name, fidelity, status, val.get("val_pgr", {}).get("mean"),
-                 val.get("val_pgr", {}).get("std"), val.get("val_acc"), val.get("seeds"), error, now, now))
+                 val.get("val_pgr", {}).get("std"), val.get("val_acc"), val.get("seeds"), error, now, now, outcome))
+
+    def budget_counts(self, exclude: str = "driver") -> dict[str, int]:
+        """Researcher trials that used the campaign's trial budget: `finished` (scored, or failed for a
+        reason of the method's) and `in_flight` (queued). Cancelled trials and the harness's own faults
+        used nothing."""
+        rows = self._q("SELECT status, outcome FROM trials WHERE researcher != ?", (exclude,))
+        harness = {s.value for s in TrialStatus if s.harness_fault}
+        finished = sum(1 for r in rows if r["status"] == TrialState.SCORED.value
+                       or (r["status"] == TrialState.FAILED.value and r["outcome"] not in harness))
+        return {"finished": finished, "in_flight": sum(1 for r in rows if r["status"] == TrialState.QUEUED.value)}
 
     def trials(self, researcher: str | None = None, trial_id: str | None = None) -> list[dict]:
         sql, args = "SELECT * FROM trials WHERE 1=1", []
@@ -129,14 +145,16 @@ class Forum:
         rows = self._q("SELECT data FROM state WHERE researcher = ?", (researcher,))
         return json.loads(rows[0]["data"]) if rows else None
 
-    def set_stop(self, stop: bool) -> None:
-        """The campaign-wide wind-down signal researchers poll; persisted with the forum."""
-        self._q("INSERT INTO control VALUES ('stop', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                ("1" if stop else "0",))
+    def set_stop(self, kind: str | None, reason: str = "") -> None:
+        """The campaign-wide wind-down signal researchers poll, with why (`kind`: trial_budget,
+        gpu_budget, dollar_budget, deadline); None clears it. Persisted with the forum."""
+        value = json.dumps({"kind": kind, "reason": reason}) if kind else ""
+        self._q("INSERT INTO control VALUES ('stop', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (value,))
 
-    def stop_requested(self) -> bool:
+    def stop_requested(self) -> dict | None:
+        """None, or {"kind", "reason"} of the wind-down."""
         rows = self._q("SELECT value FROM control WHERE key = 'stop'")
-        return bool(rows) and rows[0]["value"] == "1"
+        return json.loads(rows[0]["value"]) if rows and rows[0]["value"] else None
 
     def stats(self) -> dict:
         rows = self._q("SELECT status, COUNT(*) AS n FROM trials GROUP BY status")

@@ -115,7 +115,7 @@ def _trial(run) -> Trial:
         researcher="baseline" if tags.get("aar.baseline") else tags.get("researcher", "?"),
         trial_id=tags.get("trial_id", ""), fidelity=tags.get("fidelity", ""),
         flags=flags, audit=tags.get("aar.audit", ",".join(flags) or "not audited"),
-        val=_ms(m, "val_pgr"), test=_ms(m, "pgr"), wall_time_s=m.get("wall_time_s"),
+        val=_ms(m, "val_pgr"), test=_ms(m, "test_pgr"), wall_time_s=m.get("wall_time_s"),
         index=None if index is None else int(float(index)),
         heldout={t: ms for t in HELDOUT if (ms := _ms(m, f"heldout_{t}_pgr")) is not None},
         baseline=tags.get("aar.baseline"))
@@ -406,7 +406,8 @@ def _header(c: Campaign) -> list[tuple[str, str]]:
         trials += f"; {len(c.unscored)} not scored (listed below)"
     if c.unfinished_trials:
         trials += f"; {c.unfinished_trials} unfinished not shown"
-    return [("campaign", c.campaign_id), ("preset", c.preset), ("status", c.status), ("world", _world(c)),
+    status = c.status + (f": {c.tags['aar.verdict']}" if c.tags.get("aar.verdict") else "")
+    return [("campaign", c.campaign_id), ("preset", c.preset), ("status", status), ("world", _world(c)),
             ("ranked by", "validation PGR (what researchers saw, and what selected the held-out stage); test PGR "
                           "appears beside it for the final table and chose nothing"),
             ("researchers", researchers), ("trials", trials), ("seed runs", str(c.seed_runs)),
@@ -443,7 +444,9 @@ def _sections(c: Campaign) -> list[tuple[str, str, Table | None, str | None]]:
         ("Leaderboard", "Ranked by validation PGR (what researchers saw); flagged trials come last. Test PGR is "
                         "shown, never used to rank. Mean ± std over seeds. Audit: not audited, clean, or the flags.",
          leaderboard(c), "leaderboard"),
-        ("PGR over time", "Best-so-far test PGR per researcher; dashed: naive, dotted: best human-designed method.",
+        ("PGR over time", "Best-so-far test PGR per researcher; dashed: naive, dotted: best human-designed method."
+         if any(not t.baseline for t in c.trials) else
+         f"No researcher trial was scored ({c.tags.get('aar.verdict') or 'see Not scored and Researchers below'}).",
          None, "pgr_over_time"),
         ("Generalization", gen_note, gen, "generalization"),
         *unscored,
@@ -523,9 +526,9 @@ def build_report(campaign_id: str, out_dir: str | Path, tracker=None) -> Path:
 
 
 def default_out_dir(campaign_id: str) -> Path:
-    from aar_ray.config import PROJECT_ROOT
+    from aar_ray.home import runs_dir
 
-    return PROJECT_ROOT / "runs" / campaign_id
+    return runs_dir() / campaign_id  # the results home's, wherever AAR_HOME / AAR_RUNS_DIR put it
 
 
 def report_main(campaign_id: str, out_dir: str | None) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from aar_ray.config import PROJECT_ROOT, flatten, to_dict, to_yaml
+from aar_ray.home import mlflow_dir
 
 CONTENT_KEY = "aar.content_key"
 LEVEL = "aar.level"  # campaign | researcher | trial | seed | w2s
@@ -31,7 +32,17 @@ _PARAM_MAX = 6000  # MLflow's param value limit
 
 
 def store_dir() -> Path:
-    return Path(os.environ.get("AAR_MLFLOW_DIR") or PROJECT_ROOT / ".mlflow")
+    """The default local store's directory (in the results home)."""
+    return mlflow_dir()
+
+
+def artifacts_dir(uri: str) -> Path | None:
+    """Where a sqlite store keeps its artifacts: beside its database file, wherever that lives (never
+    relative to the code, which may be Ray's temporary copy). None for a server (it has its own)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    db = uri.removeprefix("sqlite:").lstrip("/")
+    return Path("/" + db).parent / "artifacts"
 
 
 def tracking_uri() -> str:
@@ -74,9 +85,13 @@ def provenance() -> dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    # a submitted job runs Ray's copy of the checkout, without .git: `aar submit` passes what it was
+    sha = git("rev-parse", "HEAD") or os.environ.get("AAR_GIT_SHA") or "unknown"
+    dirty = str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower() if git("rev-parse", "HEAD") \
+        else os.environ.get("AAR_GIT_DIRTY", "unknown")
     tags = {
-        "git_sha": git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "git_sha": sha,
+        "git_dirty": dirty,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "python_version": platform.python_version(),
@@ -125,7 +140,7 @@ class Tracker:
         return None
 
     def start_run(self, experiment_id: str, name: str, parent: str | None = None,
-                  tags: dict[str, str] | None = None) -> str:
+                  tags: dict[str, str] | None = None, start_time: float | None = None) -> str:
         return f"null-{name}"
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None: ...
@@ -140,10 +155,11 @@ class Tracker:
 
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None: ...
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
+    def end_run(self, run_id: str, status: str = "FINISHED", end_time: float | None = None) -> None: ...
 
 
 NullTracker = Tracker
+DESCRIPTION = "mlflow.note.content"  # the description MLflow's UI shows on a run or an experiment page
 
 
 class MlflowTracker(Tracker):
@@ -185,9 +201,8 @@ class MlflowTracker(Tracker):
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:"):  # keep a local store's artifacts beside its database
-            location = (store_dir() / "artifacts" / re.sub(r"[^\w.-]", "_", name)).as_uri()
+        art = artifacts_dir(self.uri)  # a local store's artifacts go beside its database
+        location = (art / re.sub(r"[^\w.-]", "_", name)).as_uri() if art is not None else None
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except Exception:  # created concurrently by another worker
@@ -207,11 +222,13 @@ class MlflowTracker(Tracker):
         return kept[0].info.run_id if kept else None
 
     def start_run(self, experiment_id: str, name: str, parent: str | None = None,
-                  tags: dict[str, str] | None = None) -> str:
+                  tags: dict[str, str] | None = None, start_time: float | None = None) -> str:
+        """A new run; `start_time` (seconds since the epoch) when the work it records began earlier."""
         tags = {k: str(v) for k, v in redact(dict(tags or {})).items()}
         if parent:
             tags[PARENT] = parent
-        return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        ms = int(start_time * 1000) if start_time is not None else None
+        return self.client.create_run(experiment_id, start_time=ms, run_name=name, tags=tags).info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -250,8 +267,13 @@ class MlflowTracker(Tracker):
     def log_file(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status)
+    def end_run(self, run_id: str, status: str = "FINISHED", end_time: float | None = None) -> None:
+        self.client.set_terminated(run_id, status, end_time=int(end_time * 1000) if end_time is not None else None)
+
+    def describe_experiment(self, experiment_id: str, text: str) -> None:
+        """The experiment's description, and the classic runs view (not the GenAI overview) as its page."""
+        self.client.set_experiment_tag(experiment_id, DESCRIPTION, redact(text))
+        self.client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
 
 
 def default_tracker() -> Tracker:
@@ -280,31 +302,28 @@ def trial_content_key(cfg, method_result, weak_key: str = "", strong_key: str = 
 
 
 def _trial_metrics(method_result) -> dict[str, float]:
-    """A trial run's metrics: test and val PGR, accuracies (mean, std and per seed)."""
+    """A trial run's metrics, one naming scheme at every level: `<split>_<what>` (val_pgr, test_pgr,
+    test_transfer_acc, ...; held-out: heldout_<task>_pgr), each as _mean and _std over the seeds.
+    Per-seed values live on the seed runs (val_pgr, test_pgr, ...), not here: a handful of columns."""
     from aar_ray.w2s.metrics import mean_std
 
-    summary, val = method_result.summary("test"), method_result.summary("val")
-    metrics = {
-        "pgr_mean": summary["pgr"]["mean"], "pgr_std": summary["pgr"]["std"],
-        "transfer_acc_mean": summary["transfer_acc"]["mean"], "transfer_acc_std": summary["transfer_acc"]["std"],
-        "val_pgr_mean": val["pgr"]["mean"], "val_pgr_std": val["pgr"]["std"],
-    }
-    for s in method_result.seeds:
-        metrics.update({f"pgr_seed_{s.seed}": s.pgr["test"], f"weak_acc_seed_{s.seed}": s.weak_acc["test"],
-                        f"ceiling_acc_seed_{s.seed}": s.ceiling_acc["test"],
-                        f"transfer_acc_seed_{s.seed}": s.transfer_acc["test"]})
-    for name in ("weak_acc", "ceiling_acc"):
-        ms = mean_std([getattr(s, name)["test"] for s in method_result.seeds])
-        metrics[f"{name}_mean"], metrics[f"{name}_std"] = ms["mean"], ms["std"]
+    metrics = {}
+    for split in ("val", "test"):
+        for name in ("pgr", "transfer_acc", "weak_acc", "ceiling_acc"):
+            ms = mean_std([getattr(s, name)[split] for s in method_result.seeds])
+            metrics[f"{split}_{name}_mean"], metrics[f"{split}_{name}_std"] = ms["mean"], ms["std"]
     return metrics
 
 
 def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, baselines: dict, parent: str | None = None,
                  extra_tags: dict[str, str] | None = None, weak_key: str = "", strong_key: str = "",
-                 eval_splits: dict | None = None) -> RecordedRun:
+                 eval_splits: dict | None = None, run_name: str | None = None,
+                 times: tuple[float, float] | None = None) -> RecordedRun:
     """Record one trial (a method over all seeds) with nested seed runs; idempotent by content key.
 
     eval_splits: seed -> (eval task indices, their split names), to label the predictions artifact.
+    run_name: shown in the UI (default: the method's name); times: (start, end) of the trial's job,
+    in seconds since the epoch, so the UI shows how long the trial really took.
     """
     key = trial_content_key(cfg, method_result, weak_key, strong_key)
     existing = tracker.find_run(experiment_id, key)
@@ -318,7 +337,11 @@ def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, basel
         "strong_model": cfg.strong.name_or_path or f"tiny(d={cfg.strong.d_model},L={cfg.strong.n_layer})",
         "seeds": ",".join(map(str, seeds)), **provenance(), **(extra_tags or {}),
     }
-    run = tracker.start_run(experiment_id, f"{method_result.name}", parent=parent, tags=tags)
+    from aar_ray.w2s.methods import summary
+
+    tags.setdefault(DESCRIPTION, f"{method_result.name}: {summary(method_result.source, method_result.name, 200)}")
+    start, end = times if times is not None else (None, None)
+    run = tracker.start_run(experiment_id, run_name or method_result.name, parent=parent, tags=tags, start_time=start)
     try:
         tracker.log_params(run, to_dict(cfg))
         tracker.log_metrics(run, _finite(_trial_metrics(method_result)))
@@ -329,10 +352,8 @@ def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, basel
                                          tags={LEVEL: "seed", "seed": str(s.seed), "method": method_result.name,
                                                "task": cfg.task})
             tracker.log_metrics(seed_run, _finite({
-                "weak_acc": s.weak_acc["test"], "ceiling_acc": s.ceiling_acc["test"],
-                "transfer_acc": s.transfer_acc["test"], "pgr": s.pgr["test"],
-                "val_weak_acc": s.weak_acc["val"], "val_ceiling_acc": s.ceiling_acc["val"],
-                "val_transfer_acc": s.transfer_acc["val"], "val_pgr": s.pgr["val"], "seconds": s.seconds}))
+                **{f"{split}_{name}": getattr(s, name)[split] for split in ("val", "test")
+                   for name in ("pgr", "transfer_acc", "weak_acc", "ceiling_acc")}, "seconds": s.seconds}))
             tracker.log_series(seed_run, "train_loss", s.losses)
             preds = method_result.predictions.get(s.seed)
             if preds is not None:
@@ -340,7 +361,7 @@ def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, basel
                 rows = "\n".join(f"{i},{sp},{p:.6f}" for i, sp, p in zip(idx, splits, preds.tolist()))
                 tracker.log_text(seed_run, "index,split,prob\n" + rows + "\n", f"predictions/seed_{s.seed}.csv")
             tracker.end_run(seed_run)
-        tracker.end_run(run)
+        tracker.end_run(run, end_time=end)
     except BaseException:
         tracker.end_run(run, "FAILED")
         raise

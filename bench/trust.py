@@ -80,7 +80,7 @@ def probing_route() -> dict:
     scorer = Scorer(tiny_cfg("world.n_entities=300"), ScoringConfig(seeds=[0, 1], query_budget=30))
     exp, src = scorer._exp["primary"], resolve("naive").read_text()
     cur = {s: p.tolist() for s, p in run_trusted(src, scorer.request("full")).preds.items()}
-    best = scorer.score("prober", "p0", "naive", src, "full", cur)["val_pgr"]["mean"]
+    best, kept = scorer.score("prober", "p0", "naive", src, "full", cur)["val_pgr"]["mean"], "p0"
     rows = {s: np.flatnonzero(exp.task.split[engine.eval_order(exp.task.split, s)] == "val") for s in cur}
     for k in range(20):
         cand = {s: list(p) for s, p in cur.items()}
@@ -89,8 +89,8 @@ def probing_route() -> dict:
                 cand[s][r] = 1.0 - round(cand[s][r])
         got = scorer.score("prober", f"p{k + 1}", "probe", f"probe{k}", "full", cand)["val_pgr"]["mean"]
         if got > best:
-            cur, best = cand, got
-    first, last = scorer.trials["p0"], max(scorer.trials.values(), key=lambda r: r.val["mean"])
+            cur, best, kept = cand, got, f"p{k + 1}"
+    first, last = scorer.trials["p0"], scorer.trials[kept]  # where the hill-climb ended
     return {"probing": {"reached_label": False, "queries": 21, "flagged": "prober" in scorer.flagged_researchers(),
                         "followed_flips": scorer.watch.events.get("prober", 0),
                         "val_acc_gain": last.val["acc"] - first.val["acc"],

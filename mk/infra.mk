@@ -1,7 +1,7 @@
 # Clusters and infrastructure (issue 9): Ray cluster launcher wrappers, job submission, offline checks.
 # Included by the top-level Makefile, which defines BIN and `setup`.
 #   make cluster-up [CLUSTER=cluster/aws-gpu-large.yaml]   start or update a launcher cluster
-#   make submit PRESET=standard RAY_ADDRESS=http://127.0.0.1:8265
+#   make submit PRESET=standard RAY_ADDRESS=http://127.0.0.1:8265 [OVERRIDES="campaign_id=my-run"]
 #   make cluster-down
 #   make infra-validate                                    offline checks of cluster/ and infra/
 
@@ -30,12 +30,12 @@ cluster-up: cluster-env
 cluster-down: setup
 	$(BIN)/ray down -y $(CLUSTER)
 
-# The working directory is uploaded without what .gitignore lists. MLFLOW_TRACKING_URI, when set here,
-# goes with the job (it is not a secret; credentials travel only through cluster.env or a Secret).
+# `aar submit` wraps `ray job submit`: the working directory is uploaded without what .gitignore lists,
+# results go to a lasting home (AAR_HOME, default this checkout; never Ray's temporary copy), and runs
+# carry this checkout's git SHA. MLFLOW_TRACKING_URI, when set here, goes with the job (not a secret;
+# credentials travel only through cluster.env or a Secret).
 submit: setup
-	$(BIN)/ray job submit $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) \
-	  $(if $(MLFLOW_TRACKING_URI),--runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "$(MLFLOW_TRACKING_URI)"}}') \
-	  --working-dir . -- python -m aar_ray campaign experiments/$(PRESET).yaml
+	$(BIN)/aar submit experiments/$(PRESET).yaml $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(OVERRIDES)
 
 infra-validate: setup
 	$(BIN)/python -m pytest -q tests/test_infra.py

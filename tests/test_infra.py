@@ -552,8 +552,7 @@ def _make_n(*args: str) -> str:
 
 def test_make_targets_wrap_ray_cli():
     out = _make_n("submit", "PRESET=standard", "RAY_ADDRESS=http://127.0.0.1:8265")
-    assert re.search(r"ray job submit --address http://127\.0\.0\.1:8265 +--working-dir \. -- "
-                     r"python -m aar_ray campaign experiments/standard\.yaml", out), out
+    assert re.search(r"aar submit experiments/standard\.yaml --address http://127\.0\.0\.1:8265", out), out
     assert "experiments/quick.yaml" in _make_n("submit")
     assert re.search(r"ray up -y cluster/aws-gpu\.yaml", _make_n("cluster-up"))
     assert re.search(r"ray down -y cluster/aws-gpu-large\.yaml", _make_n("cluster-down", "CLUSTER=cluster/aws-gpu-large.yaml"))

@@ -105,7 +105,7 @@ def test_researcher_sees_val_only_and_test_is_recorded(env):
     assert resp["queries_left"] == 2 and resp["seeds"] == 2
     # the driver's view and MLflow hold the test PGR, on a trial run nested under the researcher
     run = MlflowClient(tracking.tracking_uri()).get_run(full["mlflow_run"])
-    assert run.data.metrics["pgr_mean"] == pytest.approx(full["test_pgr"]["mean"])
+    assert run.data.metrics["test_pgr_mean"] == pytest.approx(full["test_pgr"]["mean"])
     assert run.data.metrics["val_pgr_mean"] == pytest.approx(resp["val_pgr"]["mean"], abs=0.005)
     assert run.data.tags[tracking.PARENT] == scorer.researcher_runs["alice"]
     # the same trial again costs no query

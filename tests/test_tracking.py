@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -80,12 +81,12 @@ def check_recorded(client, cfg, result, records, secrets=(FAKE_KEY, "tok-PLANTED
     m = result.methods["naive"]
     summ = m.summary("test")
     # metrics: per seed, mean and std, with the right values
-    assert naive.data.metrics["pgr_mean"] == pytest.approx(summ["pgr"]["mean"])
-    assert naive.data.metrics["pgr_std"] == pytest.approx(summ["pgr"]["std"])
-    for s in m.seeds:
-        assert naive.data.metrics[f"pgr_seed_{s.seed}"] == pytest.approx(s.pgr["test"])
-        assert naive.data.metrics[f"weak_acc_seed_{s.seed}"] == pytest.approx(s.weak_acc["test"])
-        assert naive.data.metrics[f"ceiling_acc_seed_{s.seed}"] == pytest.approx(s.ceiling_acc["test"])
+    assert naive.data.metrics["test_pgr_mean"] == pytest.approx(summ["pgr"]["mean"])
+    assert naive.data.metrics["test_pgr_std"] == pytest.approx(summ["pgr"]["std"])
+    assert naive.data.metrics["val_pgr_mean"] == pytest.approx(m.summary("val")["pgr"]["mean"])
+    # one naming scheme, no per-seed columns on the trial run (they are on its seed runs)
+    assert all(re.fullmatch(r"(val|test)_(pgr|transfer_acc|weak_acc|ceiling_acc)_(mean|std)", k)
+               for k in naive.data.metrics), sorted(naive.data.metrics)
     # params: the resolved config, flattened
     assert naive.data.params["world.n_entities"] == str(cfg.world.n_entities)
     assert naive.data.params["probe.epochs"] == str(cfg.probe.epochs)
@@ -100,7 +101,7 @@ def check_recorded(client, cfg, result, records, secrets=(FAKE_KEY, "tok-PLANTED
     hist = client.get_metric_history(seed0.info.run_id, "train_loss")
     assert [h.step for h in hist] == [st for st, _ in m.seeds[0].losses]
     assert hist[0].value == pytest.approx(m.seeds[0].losses[0][1])
-    assert seed0.data.metrics["pgr"] == pytest.approx(m.seeds[0].pgr["test"])
+    assert seed0.data.metrics["test_pgr"] == pytest.approx(m.seeds[0].pgr["test"])
     # artifacts: method source, resolved config, predictions
     src = Path(client.download_artifacts(naive.info.run_id, "method/naive.py")).read_text()
     assert src == m.source

@@ -76,9 +76,25 @@ class Finished(ResearchOutcome):
 
 
 class BudgetExceeded(ResearchOutcome):
-    """A hard budget (trials, GPU-seconds, tokens, dollars) is spent."""
+    """A hard budget (trials, GPU-seconds, tokens, dollars) is spent; `kind` names which when known
+    (dollar_budget, token_budget, trial_budget, gpu_budget)."""
 
     kind = "budget_exceeded"
+
+    def __init__(self, message: str = "", kind: str | None = None):
+        super().__init__(message)
+        if kind:
+            self.kind = kind
+
+
+class CampaignStopped(ResearchOutcome):
+    """The campaign wound down; `kind` says why (trial_budget, gpu_budget, dollar_budget, deadline)."""
+
+    kind = "campaign_stopped"
+
+    def __init__(self, kind: str, message: str = ""):
+        super().__init__(message or kind)
+        self.kind = kind
 
 
 class DeadlineReached(ResearchOutcome):

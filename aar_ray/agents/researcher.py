@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from aar_ray.agents import compose
-from aar_ray.agents.base import (BrainError, BudgetExceeded, DeadlineReached, Finished, ResearchOutcome, StepLimit,
+from aar_ray.agents.base import (BrainError, BudgetExceeded, CampaignStopped, DeadlineReached, Finished,
+                                 ResearchOutcome, StepLimit,
                                  ToolCall, ToolResult, Transcript)
 from aar_ray.agents.tools import validate
 from aar_ray.config import ResearcherBudget
@@ -68,10 +69,11 @@ class ToolExecutor:
     # ---------- tools ----------
 
     def _tool_submit_method(self, inp: dict) -> dict:
-        if self.total_trials is not None:
-            everyone = [t for t in call(self.forum, "trials") if t["researcher"] != "driver"]
-            if len(everyone) >= self.total_trials:
-                raise ToolRefused(f"the campaign's trial budget is spent ({self.total_trials} trials)")
+        if self.total_trials is not None:  # finished trials and those in flight: never start one past the budget
+            n = call(self.forum, "budget_counts")
+            if n["finished"] + n["in_flight"] >= self.total_trials:
+                raise ToolRefused(f"the campaign's trial budget is spent or committed: {n['finished']} finished and "
+                                  f"{n['in_flight']} running, of {self.total_trials}")
         gpu_s = self.gpu_seconds()
         if gpu_s >= self.budget.gpu_seconds:
             raise ToolRefused(f"GPU-second budget spent: {gpu_s:.0f} of {self.budget.gpu_seconds:.0f}")
@@ -150,7 +152,7 @@ class Researcher:
     budget: ResearcherBudget
     deadline: float  # time.time() after which the campaign is over
     transcript_dir: Path
-    stop_flag: Any = None  # callable -> bool: the campaign asks researchers to wind down
+    stop_flag: Any = None  # callable -> None or {"kind", "reason"}: the campaign asks researchers to wind down
     on_save: Any = None  # callable(rid, outcome, spend, transcript_path): e.g. MLflow
     transcript: Transcript = field(init=False)
     _results: list[ToolResult] = field(default_factory=list, init=False)
@@ -173,13 +175,17 @@ class Researcher:
     def check_limits(self) -> None:
         if time.time() >= self.deadline:
             raise DeadlineReached("the campaign deadline passed")
-        if self.stop_flag is not None and self.stop_flag():
-            raise DeadlineReached("the campaign is winding down")
+        stop = self.stop_flag() if self.stop_flag is not None else None
+        if stop:
+            raise CampaignStopped(stop["kind"], f"the campaign is winding down: {stop['reason']}")
         if self._step >= self.budget.steps:
             raise StepLimit(f"used all {self.budget.steps} steps")
         spend = self.brain.spend
-        if spend.tokens >= self.budget.tokens or spend.dollars >= self.budget.dollars:
-            raise BudgetExceeded(f"LLM budget spent: {spend.tokens} tokens, ${spend.dollars:.2f}")
+        if spend.tokens >= self.budget.tokens:
+            raise BudgetExceeded(f"token budget spent: {spend.tokens} of {self.budget.tokens}", kind="token_budget")
+        if spend.dollars >= self.budget.dollars:
+            raise BudgetExceeded(f"dollar budget spent: ${spend.dollars:.2f} of ${self.budget.dollars:.2f}",
+                                 kind="dollar_budget")
 
     def step(self) -> None:
         """Query the brain, execute its actions."""

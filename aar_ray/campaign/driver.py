@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 import time
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from aar_ray.campaign.progress import Progress
 from aar_ray.campaign.services import DRIVER, Services, method_id, start_services
-from aar_ray.config import PROJECT_ROOT, CampaignConfig, to_yaml
+from aar_ray.config import CampaignConfig, to_yaml
 from aar_ray.sandbox.contract import TrialState
 
 
@@ -32,6 +33,7 @@ class Run:
     campaign_run: str
     directions: dict[str, str]  # researcher id -> direction
     researcher_runs: dict[str, str]  # researcher id (and DRIVER) -> MLflow run
+    deadline: float  # time.time() when research ends: the campaign's, kept across resumes
     t_start: float = field(default_factory=time.time)
 
     @property
@@ -51,7 +53,9 @@ def brain_kind(cfg: CampaignConfig) -> str:
 
 
 def runs_root(cfg: CampaignConfig) -> Path:
-    return Path(cfg.runs_dir or os.environ.get("AAR_RUNS_DIR") or PROJECT_ROOT / "runs")
+    from aar_ray.home import runs_dir
+
+    return Path(cfg.runs_dir) if cfg.runs_dir else runs_dir()
 
 
 def experiment_name(campaign_id: str) -> str:
@@ -123,7 +127,20 @@ def open_run(cfg: CampaignConfig) -> Run:
     directions = {rid: cfg.directions[i % len(cfg.directions)] for i, rid in enumerate(rids)}
     rruns = {rid: _find_or_start(tracker, exp_id, "researcher", "researcher", rid, f"researcher {rid}", camp_run,
                                  {"direction": directions[rid], "brain": kind}) for rid in rids}
-    return Run(cfg, kind, run_dir, resumed, tracker, exp_id, camp_run, directions, {**rruns, DRIVER: camp_run})
+    return Run(cfg, kind, run_dir, resumed, tracker, exp_id, camp_run, directions, {**rruns, DRIVER: camp_run},
+               _deadline(run_dir, cfg))
+
+
+def _deadline(run_dir: Path, cfg: CampaignConfig) -> float:
+    """The campaign's research deadline: set when it first starts, the same after any resume."""
+    import json
+
+    path = run_dir / "clock.json"
+    if path.is_file():
+        return float(json.loads(path.read_text())["deadline"])
+    deadline = time.time() + cfg.budget.deadline_s
+    path.write_text(json.dumps({"started": time.time(), "deadline": deadline}))
+    return deadline
 
 
 def score_baselines(run: Run, svc: Services) -> None:
@@ -165,14 +182,12 @@ def research(run: Run, svc: Services, progress: Progress, env: dict) -> dict[str
     from aar_ray.campaign.researchers import ResearcherActor
 
     cfg = run.cfg
-    deadline = time.time() + cfg.budget.deadline_s
     actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(ResearcherActor)
     actors = {rid: actor.options(name=f"aar-researcher-{rid}", runtime_env={"env_vars": env}).remote(
-        rid, run.kind, run.directions[rid], i, cfg, deadline, str(run.run_dir / "transcripts"),
+        rid, run.kind, run.directions[rid], i, cfg, run.deadline, str(run.run_dir / "transcripts"),
         run.researcher_runs[rid]) for i, rid in enumerate(run.rids)}
     runs = {actors[rid].run.remote(): rid for rid in run.rids}
     outcomes: dict[str, dict] = {}
-    stop_reason = None
     while runs:
         ready, _ = ray.wait(list(runs), timeout=1.0)
         for ref in ready:
@@ -186,15 +201,16 @@ def research(run: Run, svc: Services, progress: Progress, env: dict) -> dict[str
         spend = _spend(ray.get([svc.forum.load_state.remote(r) for r in run.rids]), run.rids)
         progress.update([t for t in trials if t["researcher"] != DRIVER], snap, spend, time.time() - run.t_start,
                         "research")
-        stop_reason = stop_reason or budget_stop(cfg, trials, snap, spend, deadline)
-        if stop_reason and not ray.get(svc.forum.stop_requested.remote()):
-            print(f"[aar] winding down: {stop_reason}", flush=True)
-            ray.get(svc.forum.set_stop.remote(True))
+        stop = budget_stop(cfg, ray.get(svc.forum.budget_counts.remote()), snap, spend, run.deadline)
+        if stop and not ray.get(svc.forum.stop_requested.remote()):
+            print(f"[aar] winding down: {stop[1]}", flush=True)
+            ray.get(svc.forum.set_stop.remote(*stop))
     return outcomes
 
 
 def drain(run: Run, svc: Services, progress: Progress) -> None:
-    """Phase 3: running trials may finish within the grace period; after it they are cancelled cleanly."""
+    """Phase 3: running trials may finish within the grace period; after it they are cancelled cleanly.
+    (The trial budget never lets more trials start than it has room for, so none is cut short for it.)"""
     import ray
 
     grace_end = time.time() + run.cfg.budget.grace_s
@@ -215,22 +231,35 @@ def _spend(states: list, rids: list[str]) -> dict[str, float]:
     return out
 
 
-def budget_stop(cfg: CampaignConfig, trials: list[dict], snap: dict, spend: dict, deadline: float) -> str | None:
-    n = sum(1 for t in trials if t["researcher"] != DRIVER)
-    if n >= cfg.budget.trials:
-        return f"the campaign's trial budget is spent ({n} of {cfg.budget.trials})"
+def budget_stop(cfg: CampaignConfig, counts: dict, snap: dict, spend: dict, deadline: float) -> tuple[str, str] | None:
+    """(kind, reason) when a campaign-wide limit is reached. The trial budget counts finished trials
+    (scored, or failed for a reason of the method's), not submissions."""
+    if counts["finished"] >= cfg.budget.trials:
+        return "trial_budget", f"the campaign's trial budget is spent ({counts['finished']} of {cfg.budget.trials} " \
+                               "trials finished)"
     gpu_s = sum(o.get("gpu_seconds", 0.0) for owner, o in snap.get("owners", {}).items() if owner != DRIVER)
     if gpu_s >= cfg.budget.gpu_seconds:
-        return f"the campaign's GPU-second budget is spent ({gpu_s:.0f} of {cfg.budget.gpu_seconds:.0f})"
+        return "gpu_budget", f"the campaign's GPU-second budget is spent ({gpu_s:.0f} of {cfg.budget.gpu_seconds:.0f})"
     if sum(spend.values()) >= cfg.budget.dollars:
-        return f"the campaign's dollar budget is spent (${sum(spend.values()):.2f} of ${cfg.budget.dollars:.2f})"
+        return "dollar_budget", (f"the campaign's dollar budget is spent (${sum(spend.values()):.2f} of "
+                                 f"${cfg.budget.dollars:.2f})")
     if time.time() >= deadline:
-        return "the campaign's deadline passed"
+        return "deadline", "the campaign's deadline passed"
     return None
 
 
-def log_summary(run: Run, svc: Services, outcomes: dict[str, dict]) -> None:
-    """Phase 5: campaign and researcher metrics, outcomes; every run ended."""
+def verdict(counts: dict, outcomes: dict[str, dict]) -> str | None:
+    """Why the campaign failed, or None. A campaign none of whose researcher trials finished (all
+    cancelled, or lost to the harness's faults) has no result: it does not report success."""
+    if counts["finished"] > 0:
+        return None
+    why = "; ".join(f"{rid}: {o['outcome']}" + (f" ({o['message']})" if o.get("message") else "")
+                    for rid, o in sorted(outcomes.items()))
+    return f"no researcher trial finished (researchers: {why or 'none ran'})"
+
+
+def log_summary(run: Run, svc: Services, outcomes: dict[str, dict]) -> str | None:
+    """Phase 5: campaign and researcher metrics and outcomes; every run ended. Returns the verdict."""
     import ray
 
     ray.get(svc.scorer.finalize_flags.remote())
@@ -238,8 +267,9 @@ def log_summary(run: Run, svc: Services, outcomes: dict[str, dict]) -> None:
     tracker, cfg = run.tracker, run.cfg
     base = {r["name"]: r["test_pgr"]["mean"] for r in results if r["researcher"] == DRIVER}
     human = [v for k, v in base.items() if k != "naive"]
+    counts = ray.get(svc.forum.budget_counts.remote())
     metrics = {"wall_s": time.time() - run.t_start, "budget_trials": cfg.budget.trials,
-               "trials": sum(1 for r in results if r["researcher"] != DRIVER)}
+               "trials": sum(1 for r in results if r["researcher"] != DRIVER), "trials_finished": counts["finished"]}
     if "naive" in base:
         metrics["naive_test_pgr_mean"] = base["naive"]
     if human:
@@ -254,44 +284,81 @@ def log_summary(run: Run, svc: Services, outcomes: dict[str, dict]) -> None:
         if rid in outcomes:
             tracker.set_tags(rrun, {"outcome": outcomes[rid]["outcome"]})
         tracker.end_run(rrun)
-    tracker.end_run(run.campaign_run)
+    failed = verdict(counts, outcomes)
+    if failed:
+        tracker.set_tags(run.campaign_run, {"aar.verdict": failed})
+    tracker.end_run(run.campaign_run, "FAILED" if failed else "FINISHED")
+    return failed
 
 
 def run_campaign(cfg: CampaignConfig) -> Path:
-    """Run (or resume) a campaign; returns the path of its report.md."""
+    """Run (or resume) a campaign; returns the path of its report.md. Raises CampaignFailed (after
+    writing the report) when no researcher trial finished."""
     import ray
 
     from aar_ray.campaign.heldout import run_heldout_and_audits
     from aar_ray.report import build_report
 
     run = open_run(cfg)
+    _STOPPING["campaign_id"] = run.cfg.campaign_id
     started_ray = connect_ray(run.cfg, namespace=f"aar-{run.cfg.campaign_id}")
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
     try:
         env = worker_env()
         svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env)
-        ray.get(svc.forum.set_stop.remote(False))
+        ray.get(svc.forum.set_stop.remote(None))
         score_baselines(run, svc)
         resubmit_unfinished(run, svc)
         outcomes = research(run, svc, progress, env)
         drain(run, svc, progress)
         run_heldout_and_audits(run.cfg, svc, progress, run.t_start)
-        log_summary(run, svc, outcomes)
+        failed = log_summary(run, svc, outcomes)
     finally:
         progress.close()
         if started_ray:
             ray.shutdown()
     report = build_report(run.cfg.campaign_id, run.run_dir, run.tracker)
+    if failed:
+        print(f"aar: campaign {run.cfg.campaign_id} failed: {failed}", file=sys.stderr, flush=True)
     print(f"report: {report}", flush=True)
+    if failed:
+        raise CampaignFailed(failed)
     return Path(report)
+
+
+class CampaignFailed(CampaignError):
+    """The campaign ran but produced no result (its report says why)."""
+
+
+_STOPPING: dict[str, str] = {}  # what the stop handler needs to say how to resume
+
+
+def _on_stop(preset: str, overrides: list[str]):
+    """SIGTERM (`ray job stop`, a scheduler) or SIGINT: say how to resume, then stop. Everything
+    recorded so far stays; the same campaign_id continues it."""
+    def handler(signum, frame):
+        cid = _STOPPING.get("campaign_id")
+        if cid:
+            args = " ".join([preset, *[o for o in overrides if not o.startswith("campaign_id=")], f"campaign_id={cid}"])
+            print(f"\n[aar] stopped by {signal.Signals(signum).name}; nothing recorded is lost. To resume: "
+                  f"ray job submit --working-dir . -- python -m aar_ray campaign {args}   (or: aar submit {args})",
+                  flush=True)
+        raise SystemExit(128 + signum)
+    return handler
 
 
 def campaign_main(preset: str, overrides: list[str]) -> int:
     from aar_ray.config import load_config
+    from aar_ray.home import check_env
 
     cfg = load_config(CampaignConfig, preset, overrides)
+    check_env()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_stop(preset, overrides))
     try:
         run_campaign(cfg)
+    except CampaignFailed:
+        return 1
     except CampaignError as e:
         print(f"aar: {e}", file=sys.stderr)
         return 2

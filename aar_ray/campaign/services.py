@@ -163,7 +163,7 @@ class TrialService:
             self._unscored(ray, trial_id, sub, status, str(cause).splitlines()[0] if str(cause) else type(cause).__name__)
             return
         ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name, sub.fidelity,
-                                               TrialState.SCORED, val, None))
+                                               TrialState.SCORED, val, None, TrialStatus.OK))
 
     def _unscored(self, ray, trial_id: str, sub: _Submitted, status: TrialStatus, reason: str) -> None:
         """A trial with no score: the researcher sees why on the forum, and MLflow keeps a FAILED run."""
@@ -172,7 +172,7 @@ class TrialService:
         if status is not TrialStatus.REFUSED:  # no score, no query: the admitted one is given back
             ray.get(self.scorer.release.remote(sub.owner, trial_id))
         ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name, sub.fidelity,
-                                               state, None, shown))
+                                               state, None, shown, status))
         try:
             ray.get(self.scorer.record_unscored.remote(sub.owner, trial_id, sub.name, sub.source, sub.fidelity,
                                                        status.value, reason))

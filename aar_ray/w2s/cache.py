@@ -15,11 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from aar_ray.config import PROJECT_ROOT
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AAR_CACHE_DIR") or PROJECT_ROOT / ".aar_cache")
+from aar_ray.home import cache_dir  # noqa: F401 - where the cache lives is the results home's business
 
 
 def content_key(*parts: Any) -> str:

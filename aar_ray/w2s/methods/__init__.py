@@ -32,6 +32,20 @@ def method_name(name_or_path: str) -> str:
     return name_or_path if name_or_path in BUILTINS else Path(name_or_path).stem
 
 
+def summary(source: str, fallback: str = "", limit: int = 60) -> str:
+    """A method's one-line summary: its docstring's first line (composed methods: their blocks),
+    shortened; else `fallback`."""
+    import ast
+
+    try:
+        doc = ast.get_docstring(ast.parse(source)) or ""
+    except SyntaxError:
+        doc = ""
+    line = doc.strip().splitlines()[0].strip() if doc.strip() else fallback
+    line = line.removeprefix("Composed method: ")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def source_hash(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
