@@ -141,8 +141,8 @@ class FinetuneConfig:
     """Passes over the training inputs."""
     lr: float = 1e-3
     """Peak AdamW learning rate of the adapters (lora) or of all weights (full)."""
-    head_lr: float = 1e-2
-    """Peak AdamW learning rate of the fresh scalar head (last_token), which starts from scratch."""
+    head_lr: float = 0.1
+    """Peak AdamW learning rate of the fresh linear head (last_token, next_token), which starts from scratch."""
     batch_size: int = 32
     """Examples per forward pass (micro-batch)."""
     grad_accum: int = 1
@@ -162,7 +162,7 @@ class FinetuneConfig:
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     """Module names that get LoRA adapters (Llama/Qwen attention and MLP projections)."""
-    head: str = "last_token"
+    head: str = "next_token"
     """At the last real token: 'last_token' (a linear head on the final hidden state), 'next_token' (a
     linear head on the next-token distribution, what the probe reads) or 'label_words' (the next-token
     logit of label_words[1] minus that of label_words[0]; no new weights)."""

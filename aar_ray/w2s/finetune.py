@@ -6,7 +6,11 @@ recipe 'lora': LoRA adapters (peft) on the shared base, whose own weights stay f
 recipe 'full': every weight of a float32 copy of the base (the base itself is never written).
 
 The head reads the last real token (inputs are right-padded):
-  'last_token'   logit = w . h_last + b, a fresh linear head on the final hidden state;
+  'last_token'   logit = w . h_last + b, a fresh linear head on the final hidden state (Burns et al.);
+  'next_token'   logit = w . softmax(lm_head(h_last)) + b, a fresh linear head on the next-token
+                 distribution: what the probe recipe reads, and the default because on the built-in
+                 world the property is linear in the predicted value but not in the hidden state
+                 (a hidden-state probe's ceiling is 0.69 where the softmax probe's is 0.99);
   'label_words'  logit = lm_head(h_last)[yes] - lm_head(h_last)[no], the LM's own preference between
                  two label words (no new weights; a pretrained LLM starts from its zero-shot guess).
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from typing import Callable, Iterator
 
 import torch
@@ -119,7 +124,9 @@ def _adapters(model: torch.nn.Module, cfg: FinetuneConfig, state: dict | None = 
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules), bias="none")
-    with _lent(model):
+    with _lent(model), warnings.catch_warnings():
+        # peft calls transformers' deprecated `is_gradient_checkpointing`; the warning is theirs, not ours
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         peft_model = get_peft_model(model, lora)
         try:
             if state is not None:
