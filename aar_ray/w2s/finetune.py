@@ -232,7 +232,8 @@ class Student:
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.adapter is None:
             return predict_logits(self.model, ids, mask, self.cfg.eval_batch_size)  # (N,)
-        with _adapters(self.base.model, self.cfg, self.adapter):
+        # the adapters' throwaway init (overwritten by self.adapter) must not draw from the caller's RNG
+        with _seeded(0, self.base.model.device), _adapters(self.base.model, self.cfg, self.adapter):
             return predict_logits(self.model, ids, mask, self.cfg.eval_batch_size)  # (N,)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
