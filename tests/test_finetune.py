@@ -5,6 +5,7 @@ GPU tests at the end import only torch, transformers, peft, omegaconf and the pa
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, replace
 
@@ -214,12 +215,13 @@ def test_builtins_run_end_to_end_under_lora(exp):
 def test_tiny_qwen_finetunes_on_cuda_in_bf16(tmp_path, recipe):
     data, _, strong = tiny_qwens(tmp_path)
     base = load_base(ModelConfig(kind="hf", name_or_path=str(strong), dtype="bfloat16"), torch.device("cuda"))
-    texts = [line.split('"text": "')[1].split('"')[0] for line in data.read_text().splitlines()]
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    texts = [r["text"] for r in rows]
     enc = base.tokenizer(texts, padding="longest", return_tensors="pt")
-    y = torch.tensor([float("red" in t or "orange" in t or "yellow" in t) for t in texts])
-    seen = []
-    hook = base.model.get_decoder().layers[0].register_forward_hook(
-        lambda m, i, out: seen.append(((out[0] if isinstance(out, tuple) else out).dtype, out[0].device.type)))
+    y = torch.tensor([float(r["label"]) for r in rows])
+    seen = []  # a projection's output: its matmul's precision and device (a 'full' copy inherits the hook)
+    hook = base.model.get_decoder().layers[0].self_attn.q_proj.register_forward_hook(
+        lambda m, i, out: seen.append((out.dtype, out.device.type)))
     before = _snapshot(base.model)
     cfg = FinetuneConfig(head="last_token", epochs=2, batch_size=8, grad_accum=2, gradient_checkpointing=True)
     student = finetune(base, enc["input_ids"], enc["attention_mask"], y, cfg, recipe, 0)
