@@ -5,16 +5,31 @@ A method is one Python file that defines
     def run(ctx: MethodContext) -> torch.Tensor:
         '''Return P(label = 1) for every evaluation example, shape (len(ctx.eval_ids),).'''
 
-It may also define `loss(logits, weak, progress) -> scalar tensor` and pass it to
-`ctx.fit_probe(..., loss_fn=loss)`; the built-ins do, so their losses can be tested on hand-made
-tensors. A method decides what it reads (`ctx.features("train", kind="softmax" | "hidden",
-layer=...)`, or `ctx.student.model` itself) and what it trains. It never sees a ground-truth label:
-the context holds the student's inputs, the weak supervisor's soft labels on them, and unlabelled
-evaluation inputs (validation and test, mixed, in an order the method cannot use to tell them apart).
+It never sees a ground-truth label: the context holds the student's inputs, the weak supervisor's
+soft labels on them, and unlabelled evaluation inputs (validation and test, mixed, in an order the
+method cannot use to tell them apart).
 
-The weak and ceiling baselines use one fixed recipe, `baseline_probe`: a linear probe on the
-frozen model's next-token distribution (config `probe`), trained with AdamW on cross-entropy. Every
-method is measured against that same gap.
+Training a student. `ctx.fit(targets=None, loss_fn=..., sample_weight=None, epochs=None, lr=None,
+rows=None, seed_offset=0)` trains one with the experiment's recipe (`ctx.recipe`) and returns a
+`Predictor`: `.predict("train" | "eval")` gives P(label = 1) on the context's inputs, and
+`predictor(ids, mask)` on any. Write methods against `fit` and they run under every recipe:
+  'probe'  a linear probe on the frozen student's features (`ctx.features("train")`), the CPU default;
+  'lora'   LoRA adapters on the student plus a scalar head (`aar_ray.w2s.finetune`);
+  'full'   every weight of a copy of the student plus a scalar head.
+targets (N_b,) default to the weak labels; `rows` trains on a subset of the train inputs (targets and
+sample_weight are indexed by it); epochs and lr are in the recipe's units (default: its config).
+A method may also call a recipe directly: `ctx.fit_probe(x, targets, ...)` on features it chooses
+(`ctx.features("train", kind="softmax" | "hidden", layer=...)`), `ctx.finetune(...)` (fit's arguments;
+LoRA unless the recipe is 'full'), or train `ctx.student.model` itself (shared: leave it as found).
+
+Losses take `(logits, weak, progress)` with progress running 0 -> 1 over training, and return a
+scalar or per-example values (B,), which are averaged with `sample_weight` when given. The built-ins
+define theirs as module-level `loss` functions, so they can be tested on hand-made tensors. Every
+call records its training loss per (optimizer) step in `ctx.losses`.
+
+The weak and ceiling baselines use the same recipe (`baseline_probe` for 'probe': a linear probe on
+the frozen model's next-token distribution, config `probe`; `finetune` with config `finetune`
+otherwise), trained with cross-entropy, so every method is measured against a like-for-like gap.
 """
 from __future__ import annotations
 

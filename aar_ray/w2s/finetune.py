@@ -118,7 +118,7 @@ def _lent(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 @contextlib.contextmanager
-def _adapters(model: torch.nn.Module, cfg: FinetuneConfig, state: dict | None = None) -> Iterator[object]:
+def lora_adapters(model: torch.nn.Module, cfg: FinetuneConfig, state: dict | None = None) -> Iterator[object]:
     """LoRA adapters on `model` (its own weights frozen) for the duration; loads `state` if given."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
@@ -160,7 +160,7 @@ def _trainable(base: Base, cfg: FinetuneConfig, recipe: str) -> Iterator[tuple[t
         return
     from peft import get_peft_model_state_dict
 
-    with _adapters(base.model, cfg) as peft_model, _checkpointing(base.model, cfg.gradient_checkpointing):
+    with lora_adapters(base.model, cfg) as peft_model, _checkpointing(base.model, cfg.gradient_checkpointing):
         yield base.model, lambda: {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
 
 
@@ -233,7 +233,7 @@ class Student:
         if self.adapter is None:
             return predict_logits(self.model, ids, mask, self.cfg.eval_batch_size)  # (N,)
         # the adapters' throwaway init (overwritten by self.adapter) must not draw from the caller's RNG
-        with _seeded(0, self.base.model.device), _adapters(self.base.model, self.cfg, self.adapter):
+        with _seeded(0, self.base.model.device), lora_adapters(self.base.model, self.cfg, self.adapter):
             return predict_logits(self.model, ids, mask, self.cfg.eval_batch_size)  # (N,)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
