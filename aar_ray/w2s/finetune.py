@@ -44,7 +44,7 @@ class ScalarHead(torch.nn.Module):
         self.lm, self.amp = lm, amp  # amp: autocast dtype (the preset's), None for float32
         self.linear: torch.nn.Linear | None = None
         self.label_ids: list[int] = []
-        self.read_vocab = False
+        self.read_vocab = cfg.head == "next_token"
         if cfg.head == "label_words":
             self.label_ids = [label_token(tokenizer, w) for w in cfg.label_words]
             return
@@ -55,7 +55,6 @@ class ScalarHead(torch.nn.Module):
         with torch.no_grad():  # seeded init, independent of the global RNG
             self.linear.weight.copy_(torch.randn(1, dim, generator=g) * 0.01)
             self.linear.bias.zero_()
-        self.read_vocab = cfg.head == "next_token"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         last = attention_mask.sum(1) - 1  # (B,) index of the last real token
@@ -174,7 +173,7 @@ def train_loop(model: ScalarHead, ids: torch.Tensor, mask: torch.Tensor, targets
     head = list(model.linear.parameters()) if model.linear is not None else []
     body = [p for p in model.lm.parameters() if p.requires_grad]
     groups = [{"params": body, "lr": lr}] + ([{"params": head, "lr": cfg.head_lr}] if head else [])
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=True)  # one kernel for all tensors
     n, bs = len(ids), cfg.batch_size
     total = epochs * math.ceil(math.ceil(n / bs) / cfg.grad_accum)  # optimizer steps
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * total), total)
