@@ -258,7 +258,7 @@ def world_run(recipe: str, world: int, methods: list[str]) -> dict:
 
 
 def acceptance() -> dict:
-    runs = {"probe": {0: world_run("probe", 0, ["naive"])}, "full": {0: world_run("full", 0, ["naive"])},
+    runs = {"probe": {0: world_run("probe", 0, ["naive", "confidence"])}, "full": {0: world_run("full", 0, ["naive"])},
             "lora": {w: world_run("lora", w, BUILTINS) for w in WORLDS}}
     out: dict = {r: {f"world{w}": v for w, v in per.items()} for r, per in runs.items()}
     lora0, full0 = runs["lora"][0], runs["full"][0]
