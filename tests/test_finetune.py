@@ -128,15 +128,12 @@ def test_label_words_head_reads_the_lm_and_checks_its_words(tmp_path):
                  "lora", 0)
 
 
-def test_config_is_validated():
-    with pytest.raises(ConfigError, match="recipe"):
-        load_config(W2SConfig, None, ["recipe=qlora"])
-    with pytest.raises(ConfigError, match="finetune.head"):
-        load_config(W2SConfig, None, ["finetune.head=cls"])
-    with pytest.raises(ConfigError, match="finetune.grad_accum"):
-        load_config(W2SConfig, None, ["finetune.grad_accum=0"])
-    with pytest.raises(ConfigError, match="finetune.label_words"):
-        load_config(W2SConfig, None, ["finetune.label_words=[yes,yes]"])
+@pytest.mark.parametrize("override, key", [
+    ("recipe=qlora", "recipe"), ("finetune.head=cls", "finetune.head"), ("finetune.grad_accum=0", "finetune.grad_accum"),
+    ("finetune.label_words=[yes,yes]", "finetune.label_words"), ("finetune.warmup=1.0", "finetune.warmup")])
+def test_config_is_validated(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(W2SConfig, None, [override])
 
 
 # ---------- baselines and methods under each recipe ----------
