@@ -26,7 +26,7 @@ from aar_ray.w2s.tasks import split_ab
 from w2s_helpers import make_tiny_hf_model, tiny_cfg, tiny_qwens, write_jsonl
 
 WORLD = ("seeds=[0]", "world.n_entities=200")
-FT = FinetuneConfig(epochs=8, lr=3e-3, head_lr=0.1, batch_size=16, lora_dropout=0.1)
+FT = FinetuneConfig(epochs=8, lr=3e-3, full_lr=3e-3, head_lr=0.1, batch_size=16, lora_dropout=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,15 @@ def test_finetune_is_deterministic_for_a_seed_and_keeps_the_global_rng(exp):
     assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
     assert not torch.equal(runs[0][0], runs[2][0])
     assert torch.equal(torch.random.get_rng_state(), rng)  # dropout and adapter init used a forked RNG
+
+
+def test_each_recipe_reads_its_own_learning_rate(exp):
+    ids, mask, y = _half_b(exp)
+    still = replace(FT, epochs=1, lr=1e-12, full_lr=1e-12, head_lr=1e-12)
+    for recipe, own, other in (("lora", "lr", "full_lr"), ("full", "full_lr", "lr")):
+        base = finetune(exp.strong, ids, mask, y, still, recipe, 0)(ids, mask)
+        assert torch.equal(base, finetune(exp.strong, ids, mask, y, replace(still, **{other: 1e-2}), recipe, 0)(ids, mask))
+        assert not torch.allclose(base, finetune(exp.strong, ids, mask, y, replace(still, **{own: 1e-2}), recipe, 0)(ids, mask))
 
 
 def test_sample_weight_is_respected(exp):

@@ -249,7 +249,8 @@ def finetune(base: Base, ids: torch.Tensor, mask: torch.Tensor, targets: torch.T
     """
     if recipe not in ("lora", "full"):
         raise ValueError(f"finetune: recipe must be 'lora' or 'full', got {recipe!r}")
-    epochs, lr = epochs or cfg.epochs, cfg.lr if lr is None else lr
+    epochs = epochs or cfg.epochs
+    lr = lr if lr is not None else cfg.lr if recipe == "lora" else cfg.full_lr
     with _seeded(seed, base.model.device), _trainable(base, cfg, recipe) as (lm, adapter):
         model = ScalarHead(lm, cfg, base.tokenizer, seed, _amp_dtype(base.model))
         train_loop(model, ids, mask, targets, cfg, epochs, lr, seed, loss_fn, sample_weight, on_step)
