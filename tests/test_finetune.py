@@ -23,7 +23,7 @@ from aar_ray.w2s.metrics import accuracy, pgr
 from aar_ray.w2s.models import features, load_base
 from aar_ray.w2s.tasks import split_ab
 
-from w2s_helpers import make_tiny_hf_model, tiny_cfg, tiny_qwens, write_jsonl
+from w2s_helpers import make_tiny_hf_model, tiny_cfg, tiny_qwen_cfg, tiny_qwens, write_jsonl
 
 WORLD = ("seeds=[0]", "world.n_entities=200")
 FT = FinetuneConfig(epochs=8, lr=3e-3, full_lr=3e-3, head_lr=0.1, batch_size=16, lora_dropout=0.1)
@@ -101,6 +101,16 @@ def test_each_recipe_reads_its_own_learning_rate(exp):
         base = finetune(exp.strong, ids, mask, y, still, recipe, 0)(ids, mask)
         assert torch.equal(base, finetune(exp.strong, ids, mask, y, replace(still, **{other: 1e-2}), recipe, 0)(ids, mask))
         assert not torch.allclose(base, finetune(exp.strong, ids, mask, y, replace(still, **{own: 1e-2}), recipe, 0)(ids, mask))
+
+
+@pytest.mark.parametrize("recipe", ["lora", "full"])
+def test_activation_checkpointing_changes_memory_not_results(exp, recipe):
+    ids, mask, y = _half_b(exp)
+    fp = _fingerprint(exp.strong.model)
+    plain = finetune(exp.strong, ids, mask, y, replace(FT, epochs=2), recipe, 0)(ids, mask)
+    ckpt = finetune(exp.strong, ids, mask, y, replace(FT, epochs=2, gradient_checkpointing=True), recipe, 0)(ids, mask)
+    torch.testing.assert_close(ckpt, plain, atol=1e-5, rtol=0)  # recomputed activations, same dropout masks
+    assert _fingerprint(exp.strong.model) == fp  # the checkpointing switches were taken back off the base
 
 
 def test_sample_weight_is_respected(exp):
@@ -212,6 +222,19 @@ def test_builtins_run_end_to_end_under_lora(exp):
         assert math.isfinite(s.pgr["test"]) and res.predictions[0].std() > 0
         steps = 3 * math.ceil(len(engine.baseline(lora, 0).idx_b) / FT.batch_size)
         assert len(s.losses) == steps * (2 if name == "bootstrap" else 1)
+
+
+def test_tiny_qwen_preset_runs_lora_end_to_end(tmp_path, monkeypatch):
+    """experiments/w2s_qwen_tiny.yaml: the GPU preset's recipe and code path (HF Qwens by path, JSONL)."""
+    monkeypatch.setenv("AAR_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = tiny_qwen_cfg(tmp_path, "methods=[naive]")
+    assert cfg.recipe == "lora" and cfg.finetune.head == "last_token" and cfg.strong.kind == "hf"
+    res = engine.train(cfg, progress=False)
+    for name in cfg.methods:
+        s = res.methods[name].seeds[0]
+        assert 0.0 <= s.transfer_acc["test"] <= 1.0 and s.losses
+        assert len(s.losses) == cfg.finetune.epochs * math.ceil(
+            math.ceil(len(res.baselines[0].idx_b) / cfg.finetune.batch_size) / cfg.finetune.grad_accum)
 
 
 # ---------- GPU ----------

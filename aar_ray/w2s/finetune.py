@@ -101,17 +101,23 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _lent(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Lend the shared base out and take it back as found: requires_grad flags, train/eval modes and
-    any attribute that adapters or activation checkpointing add to a module or to the config."""
+    """Lend the shared base out and take it back as found: requires_grad flags, and every module's (and
+    the config's) attribute table, including the contents of its dicts (submodules, hooks), so that what
+    adapters or activation checkpointing attach (e.g. an input-grad hook on the embeddings) comes off."""
     flags = {p: p.requires_grad for p in model.parameters()}
-    tables = [(obj, dict(vars(obj))) for obj in (*model.modules(), model.config)]
+    tables = [(obj, {k: (v, dict(v) if isinstance(v, dict) else None) for k, v in vars(obj).items()})
+              for obj in (*model.modules(), model.config)]
     try:
         yield model
     finally:
         for obj, table in tables:
             for key in set(vars(obj)) - set(table):
                 del vars(obj)[key]
-            vars(obj).update(table)
+            for key, (value, contents) in table.items():
+                if contents is not None:  # the same dict object, its old contents
+                    value.clear()
+                    value.update(contents)
+                vars(obj)[key] = value
         for p, flag in flags.items():
             p.requires_grad_(flag)
 
