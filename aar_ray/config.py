@@ -158,6 +158,71 @@ class ProbeConfig:
         _check(self.batch_size >= 1, "probe.batch_size", f"must be >= 1, got {self.batch_size}")
 
 
+RECIPES = ("probe", "lora", "full")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The fine-tuning recipe (recipe 'lora' or 'full'): a scalar head on the student, trained with AdamW."""
+
+    epochs: int = 4
+    """Passes over the training inputs."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate of the LoRA adapters (recipe lora)."""
+    full_lr: float = 1e-4
+    """Peak AdamW learning rate of every weight (recipe full): 10x below the adapters', as usual; at 1e-3
+    the built-in world's full fine-tuning collapses (ceiling 0.79, naive PGR -0.09; 1e-4: 0.99, 0.20)."""
+    head_lr: float = 0.1
+    """Peak AdamW learning rate of the fresh linear head (last_token, next_token), which starts from scratch."""
+    batch_size: int = 32
+    """Examples per forward pass (micro-batch)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step: the effective batch is batch_size x grad_accum."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup: float = 0.1
+    """Share of optimizer steps spent in linear warm-up; the rest decays linearly to 0."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this before each step (0 disables clipping)."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Module names that get LoRA adapters (Llama/Qwen attention and MLP projections)."""
+    head: str = "next_token"
+    """At the last real token: 'last_token' (a linear head on the final hidden state), 'next_token' (a
+    linear head on the next-token distribution, what the probe reads) or 'label_words' (the next-token
+    logit of label_words[1] minus that of label_words[0]; no new weights)."""
+    label_words: list[str] = field(default_factory=lambda: ["no", "yes"])
+    """(negative, positive) words of the 'label_words' head; each must be one token of the student."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    eval_batch_size: int = 64
+    """Examples per forward pass when predicting."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "finetune.epochs", f"must be >= 1, got {self.epochs}")
+        _check(min(self.lr, self.full_lr, self.head_lr) > 0, "finetune.lr",
+               f"lr, full_lr and head_lr must be > 0, got {self.lr}, {self.full_lr}, {self.head_lr}")
+        _check(self.batch_size >= 1, "finetune.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum >= 1, "finetune.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        _check(self.weight_decay >= 0, "finetune.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(0.0 <= self.warmup < 1.0, "finetune.warmup", f"must be in [0, 1), got {self.warmup}")
+        _check(self.max_grad_norm >= 0, "finetune.max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        _check(self.lora_r >= 1, "finetune.lora_r", f"must be >= 1, got {self.lora_r}")
+        _check(0.0 <= self.lora_dropout < 1.0, "finetune.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        _check(len(self.target_modules) >= 1, "finetune.target_modules", "needs at least one module name")
+        _check(self.head in ("last_token", "next_token", "label_words"), "finetune.head",
+               f"must be 'last_token', 'next_token' or 'label_words', got {self.head!r}")
+        _check(len(self.label_words) == 2 and self.label_words[0] != self.label_words[1], "finetune.label_words",
+               f"must be two different words (negative, positive), got {list(self.label_words)}")
+        _check(self.eval_batch_size >= 1, "finetune.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+
+
 @dataclass(frozen=True)
 class W2SConfig:
     """One weak-to-strong experiment: a task, a weak and a strong base, seeds and methods."""
@@ -178,7 +243,12 @@ class W2SConfig:
     strong: ModelConfig = field(default_factory=ModelConfig)
     """The strong student's base model."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
-    """The baseline recipe."""
+    """The probe recipe (recipe == 'probe')."""
+    recipe: str = "probe"
+    """How weak, ceiling and methods' students are trained: 'probe' (a linear probe on frozen features),
+    'lora' (LoRA adapters plus a scalar head) or 'full' (every weight plus a scalar head)."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """The fine-tuning recipe (recipe == 'lora' or 'full')."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds; each re-draws the A/B split and all training randomness."""
     methods: list[str] = field(default_factory=lambda: builtin_methods())
@@ -201,6 +271,7 @@ class W2SConfig:
         _check(len(self.methods) >= 1, "methods", "needs at least one method")
         _check(self.fidelity in ("quick", "full"), "fidelity", f"must be 'quick' or 'full', got {self.fidelity!r}")
         _check(self.device in ("auto", "cpu", "cuda"), "device", f"must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        _check(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,7 +162,8 @@ class Scorer:
         student = StudentSpec(exp.strong.path, exp.strong.key, trial_device(self.cfg.device, self.trial.num_gpus),
                               self.cfg.strong.dtype)
         limits = TrialLimits(self.trial.seed_timeout_s, self.trial.memory_mb, self.trial.threads)
-        return TrialRequest(tuple(seeds), student, exp.cfg.probe, fidelity, exp.cfg.batch_size_features, limits)
+        return TrialRequest(tuple(seeds), student, exp.cfg.probe, exp.cfg.recipe, exp.cfg.finetune, fidelity,
+                            exp.cfg.batch_size_features, limits)
 
     # ---------- scoring ----------
 

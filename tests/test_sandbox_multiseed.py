@@ -175,6 +175,24 @@ def test_a_gpu_request_on_a_worker_without_a_gpu_fails_before_the_child(student,
     assert out.status is TrialStatus.SANDBOX_ERROR and "no GPU device node" in out.reason and out.device == ""
 
 
+def test_the_preset_recipe_reaches_the_child_and_lora_runs_sandboxed(student, inputs):
+    """recipe=lora travels in the request: the sandboxed child fine-tunes (peft is in the method
+    runtime) exactly as the same request does in process, and not as the probe recipe would."""
+    from aar_ray.config import FinetuneConfig
+    from aar_ray.sandbox.trial import run_trial, run_trusted
+
+    src = resolve("naive").read_text()
+    lora = request_for(student, {0: inputs[0]}, probe=PROBE, batch_size=32, seed_timeout_s=240, memory_mb=MEM,
+                       recipe="lora", finetune=FinetuneConfig(epochs=1, batch_size=16))
+    out = run_trial(src, lora, SandboxLimits())
+    assert out.status is TrialStatus.OK, f"{out.reason}\n{out.log_tail[-800:]}"
+    ref = run_trusted(src, lora)
+    torch.testing.assert_close(out.preds[0], ref.preds[0], atol=1e-4, rtol=0)
+    probe = run_trusted(src, lora.replace(recipe="probe"))
+    assert not torch.allclose(out.preds[0], probe.preds[0], atol=1e-3)
+    assert len(out.losses[0]) == len(ref.losses[0]) != len(probe.losses[0])
+
+
 @pytest.mark.gpu
 def test_a_gpu_trial_runs_its_child_on_cuda(student, inputs):
     """On a CUDA machine (no Ray needed): the sandboxed child loads the student on the GPU, in bf16."""

@@ -19,7 +19,7 @@ from aar_ray.w2s.metrics import accuracy, mean_std, pgr
 from aar_ray.w2s.tasks import build_task, split_ab
 from aar_ray.w2s.world import build_world
 
-from w2s_helpers import make_tiny_hf_model, tiny_cfg, write_jsonl
+from w2s_helpers import tiny_cfg, tiny_qwen_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,6 +174,8 @@ def test_presets_load():
     q = load_config(W2SConfig, ROOT / "experiments/w2s_qwen.yaml", ["data_path=/x.jsonl"])
     assert q.weak.name_or_path == "Qwen/Qwen1.5-0.5B-Chat" and q.strong.name_or_path == "Qwen/Qwen3-4B-Base"
     assert q.strong.dtype == "bfloat16" and len(q.seeds) == 5
+    assert q.recipe == "lora" and q.finetune.head == "last_token"
+    assert load_config(W2SConfig, ROOT / "experiments/w2s_quick.yaml").recipe == "probe"
 
 
 # ---------- training ----------
@@ -269,16 +271,11 @@ def test_method_context_holds_no_labels(cache_dir):
 
 def _tiny_qwen_cfg(tmp_path, *overrides: str) -> W2SConfig:
     """The w2s_qwen preset pointed at tiny local Qwen1.5/Qwen3-shaped models and a small JSONL file."""
-    words = write_jsonl(tmp_path / "data.jsonl")
-    weak = make_tiny_hf_model(tmp_path / "qwen15", "qwen2", words, hidden=16)
-    strong = make_tiny_hf_model(tmp_path / "qwen3", "qwen3", words, hidden=32)
-    return load_config(W2SConfig, ROOT / "experiments/w2s_qwen.yaml", [
-        f"data_path={tmp_path / 'data.jsonl'}", f"weak.name_or_path={weak}", f"strong.name_or_path={strong}",
-        "seeds=[0]", "probe.epochs=2", *overrides])
+    return tiny_qwen_cfg(tmp_path, "seeds=[0]", "probe.epochs=2", *overrides, preset="w2s_qwen")
 
 
 def test_tiny_qwen_gpu_preset_path(cache_dir, tmp_path):
-    """The w2s_qwen preset's code path (HF models by path, jsonl data, hidden-state probes) on tiny Qwens."""
+    """The w2s_qwen preset's code path (HF models by path, jsonl data, its LoRA recipe) on tiny Qwens."""
     cfg = _tiny_qwen_cfg(tmp_path, "weak.dtype=float32", "strong.dtype=float32", "device=cpu",
                          "methods=[naive,confidence]")
     res = engine.train(cfg, progress=False)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from aar_ray.config import W2SConfig, load_config
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # A tiny world and tiny bases: seconds, not minutes. Not a benchmark: gaps here mean nothing.
 TINY = [
     "world.n_entities=60", "world.n_relations=2", "world.n_values=8", "world.math_max=12",
@@ -53,6 +55,21 @@ def write_jsonl(path: Path, n: int = 48) -> list[str]:
             words.update(text.split())
             fh.write(json.dumps({"text": text, "label": label, "group": f"g{i // 2}"}) + "\n")
     return sorted(words)
+
+
+def tiny_qwens(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A small JSONL dataset and tiny Qwen1.5-shaped (weak) and Qwen3-shaped (strong) models over its words."""
+    words = write_jsonl(tmp_path / "data.jsonl")
+    weak = make_tiny_hf_model(tmp_path / "qwen15", "qwen2", words, hidden=16)
+    strong = make_tiny_hf_model(tmp_path / "qwen3", "qwen3", words, hidden=32)
+    return tmp_path / "data.jsonl", weak, strong
+
+
+def tiny_qwen_cfg(tmp_path: Path, *overrides: str, preset: str = "w2s_qwen_tiny") -> W2SConfig:
+    """A Qwen preset pointed at tiny local Qwens and a small JSONL file."""
+    data, weak, strong = tiny_qwens(tmp_path)
+    return load_config(W2SConfig, ROOT / f"experiments/{preset}.yaml", [
+        f"data_path={data}", f"weak.name_or_path={weak}", f"strong.name_or_path={strong}", *overrides])
 
 
 def run_request(source: str, request) -> dict:

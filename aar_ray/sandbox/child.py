@@ -198,7 +198,8 @@ def _context(seed_inputs, request, student: _Student):
     from aar_ray.w2s.api import MethodContext
 
     return MethodContext(student=_lazy_base(student), **seed_inputs.tensors(), probe=request.probe,
-                         seed=seed_inputs.seed, fidelity=request.fidelity, batch_size=request.batch_size)
+                         seed=seed_inputs.seed, fidelity=request.fidelity, batch_size=request.batch_size,
+                         recipe=request.recipe, finetune_cfg=request.finetune)
 
 
 def _prepare(spec: dict):

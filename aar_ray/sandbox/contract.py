@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from aar_ray.config import ProbeConfig
+from aar_ray.config import RECIPES, FinetuneConfig, ProbeConfig
 
 if TYPE_CHECKING:
     import torch
@@ -161,7 +161,11 @@ class TrialRequest:
     student: StudentSpec
     """The strong student, with its device and dtype."""
     probe: ProbeConfig
-    """The baseline probe recipe (the method's starting point)."""
+    """The probe recipe's settings (the method's starting point under recipe 'probe')."""
+    recipe: str
+    """The preset's recipe, the one the baselines used: 'probe', 'lora' or 'full' (what ctx.fit trains)."""
+    finetune: FinetuneConfig
+    """The fine-tuning recipe's settings (recipes 'lora' and 'full')."""
     fidelity: str
     """'quick' or 'full'."""
     batch_size: int
@@ -175,6 +179,8 @@ class TrialRequest:
         numbers = [s.seed for s in self.seeds]
         if len(set(numbers)) != len(numbers):
             raise ValueError(f"a trial repeats a seed: {numbers}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"TrialRequest.recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.fidelity not in ("quick", "full"):
             raise ValueError(f"TrialRequest.fidelity must be 'quick' or 'full', got {self.fidelity!r}")
         if self.batch_size < 1:
@@ -197,7 +203,8 @@ class TrialRequest:
     def to_json(self) -> dict:
         """Every field but the tensors (those go to INPUTS_FILE), as JSON."""
         return {"format": REQUEST_FORMAT, "seeds": self.seed_numbers, "student": dataclasses.asdict(self.student),
-                "probe": dataclasses.asdict(self.probe), "fidelity": self.fidelity, "batch_size": self.batch_size,
+                "probe": dataclasses.asdict(self.probe), "recipe": self.recipe,
+                "finetune": dataclasses.asdict(self.finetune), "fidelity": self.fidelity, "batch_size": self.batch_size,
                 "limits": dataclasses.asdict(self.limits)}
 
     def write(self, directory: str | os.PathLike) -> None:
@@ -224,7 +231,8 @@ class TrialRequest:
         flat = torch.load(d / INPUTS_FILE, weights_only=True)
         seeds = tuple(SeedInputs(int(s), **{k: flat[f"{int(s)}.{k}"] for k in INPUT_KEYS}) for s in meta["seeds"])
         return cls(seeds=seeds, student=StudentSpec(**meta["student"]), probe=ProbeConfig(**meta["probe"]),
-                   fidelity=meta["fidelity"], batch_size=meta["batch_size"], limits=TrialLimits(**meta["limits"]))
+                   recipe=meta["recipe"], finetune=FinetuneConfig(**meta["finetune"]), fidelity=meta["fidelity"],
+                   batch_size=meta["batch_size"], limits=TrialLimits(**meta["limits"]))
 
 
 @dataclass(frozen=True)

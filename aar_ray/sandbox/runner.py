@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
-from aar_ray.config import ProbeConfig
+from aar_ray.config import FinetuneConfig, ProbeConfig
 from aar_ray.sandbox import precheck
 from aar_ray.sandbox.contract import (INPUT_KEYS, SeedInputs, StudentSpec, TrialLimits, TrialOutcome, TrialRequest,
                                       TrialStatus)
@@ -624,11 +624,12 @@ def _run_in(trial: Path, request: TrialRequest, source: str, lim: SandboxLimits,
 def request_for(student_dir: str | os.PathLike, inputs_by_seed: Mapping[int, Mapping[str, object]], *,
                 probe: ProbeConfig, fidelity: str = "full", batch_size: int = 256, seed_timeout_s: float = 600.0,
                 memory_mb: int = 8192, threads: int = 1, device: str = "cpu", dtype: str = "float32",
-                student_key: str = "") -> TrialRequest:
+                student_key: str = "", recipe: str = "probe", finetune: FinetuneConfig | None = None) -> TrialRequest:
     """A TrialRequest from loose parts (tests, benchmarks, `engine_runner`); campaigns get theirs from the scorer."""
     seeds = tuple(SeedInputs(seed, **{k: inputs[k] for k in INPUT_KEYS}) for seed, inputs in inputs_by_seed.items())
     return TrialRequest(seeds=seeds, student=StudentSpec(str(student_dir), student_key, device, dtype), probe=probe,
-                        fidelity=fidelity, batch_size=int(batch_size),
+                        recipe=recipe, finetune=finetune or FinetuneConfig(), fidelity=fidelity,
+                        batch_size=int(batch_size),
                         limits=TrialLimits(seed_timeout_s=seed_timeout_s, memory_mb=memory_mb, threads=threads))
 
 
@@ -676,7 +677,8 @@ def engine_runner(timeout_s: float = 600.0, limits: SandboxLimits | None = None,
         ctx = trial_inputs.ctx
         req = request_for(ctx.student.path, {ctx.seed: {k: getattr(ctx, k) for k in INPUT_KEYS}}, probe=ctx.probe,
                           fidelity=ctx.fidelity, batch_size=ctx.batch_size, seed_timeout_s=timeout_s,
-                          memory_mb=memory_mb, threads=threads, **student_settings(ctx.student))
+                          memory_mb=memory_mb, threads=threads, recipe=ctx.recipe, finetune=ctx.finetune_cfg,
+                          **student_settings(ctx.student))
         res = run_sandboxed(req, method_path, limits=limits, check_source=check_source)
         if not res.ok:
             raise SandboxFailure(res)

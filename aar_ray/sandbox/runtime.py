@@ -31,11 +31,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-RUNTIME_DISTS = ("torch", "transformers", "numpy", "omegaconf", "pyseccomp")
-"""What a method and the child import: torch, transformers and numpy for the method; omegaconf for
-the typed config the trial contract carries; pyseccomp for the seccomp layer."""
+RUNTIME_DISTS = ("torch", "transformers", "numpy", "peft", "omegaconf", "pyseccomp")
+"""What a method and the child import: torch, transformers, numpy and peft (the lora recipe) for the
+method; omegaconf for the typed config the trial contract carries; pyseccomp for the seccomp layer."""
 PKG_FILES = ("__init__.py", "config.py", "sandbox/__init__.py", "sandbox/contract.py", "sandbox/child.py",
-             "sandbox/landlock.py", "sandbox/seccomp.py", "w2s/__init__.py", "w2s/api.py", "w2s/student.py")
+             "sandbox/landlock.py", "sandbox/seccomp.py", "w2s/__init__.py", "w2s/api.py", "w2s/student.py",
+             "w2s/finetune.py")
 """The parts of aar_ray a method's process gets: the method API and what loads the student, the
 contract, and the child's own confinement code."""
 RUNTIME_VERSION = 1  # bump when the layout of a view changes

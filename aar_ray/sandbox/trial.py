@@ -84,7 +84,7 @@ def run_trusted(source: str, request: TrialRequest) -> TrialOutcome:
     preds, losses = {}, {}
     for s in request.seeds:
         ctx = MethodContext(base, **s.tensors(), probe=request.probe, seed=s.seed, fidelity=request.fidelity,
-                            batch_size=request.batch_size)
+                            batch_size=request.batch_size, recipe=request.recipe, finetune_cfg=request.finetune)
         torch.manual_seed(s.seed)
         preds[s.seed] = validate_predictions(module.run(ctx), s.n_eval)
         losses[s.seed] = tuple(ctx.losses)

@@ -1,9 +1,9 @@
 """The weak-to-strong pipeline, Ray-free: `train(cfg) -> Result` runs on a laptop.
 
 For each seed:
-  1. the weak supervisor (weak base + the baseline probe) is fit on half A's ground truth;
+  1. the weak supervisor (the weak base, trained with the preset's recipe) is fit on half A's ground truth;
   2. it gives soft labels on half B;
-  3. the ceiling is the strong base with the baseline probe fit on B's ground truth;
+  3. the ceiling is the strong base trained with the same recipe on B's ground truth;
   4. the transfer is the strong base trained on B's weak labels by a method;
   5. PGR comes from test accuracies.
 Weak and ceiling results are cached by content key: every trial of a (task, seed) shares them.
@@ -21,12 +21,13 @@ import torch
 from aar_ray.config import W2SConfig
 from aar_ray.w2s import cache
 from aar_ray.w2s.api import MethodContext, baseline_probe, validate_predictions  # noqa: F401 (re-exported)
+from aar_ray.w2s.finetune import finetune
 from aar_ray.w2s.metrics import accuracy, mean_std, pgr
 from aar_ray.w2s.methods import load_module, method_name, resolve, source_hash
 from aar_ray.w2s.models import Base, features, load_base, resolve_device
 from aar_ray.w2s.tasks import TaskData, build_task, split_ab
 
-BASELINE_VERSION = 1  # bump when the baseline recipe's code changes
+BASELINE_VERSION = 1  # bump when the baseline recipes' code (probe or finetune.py) changes their results
 
 
 @dataclass
@@ -144,37 +145,53 @@ def resolve_world(cfg: W2SConfig) -> tuple[W2SConfig, bool]:
 
 
 def baseline(exp: Experiment, seed: int) -> Baseline:
-    """Weak supervisor and ceiling for one seed, cached by content key."""
+    """Weak supervisor and ceiling for one seed with the preset's recipe, cached by content key."""
     cfg, task = exp.cfg, exp.task
     idx_a, idx_b = split_ab(task, seed)
     key = cache.content_key("baseline", BASELINE_VERSION, task.fingerprint, exp.weak.key, exp.strong.key,
-                            asdict(cfg.probe), seed)
+                            *recipe_key(cfg), seed)
     hit = cache.load("baselines", key)
     if hit is not None:
         return Baseline(idx_a, idx_b, hit["weak_labels"], hit["weak_acc"], hit["ceiling_acc"])
     labels = task.labels
     val, test = task.indices("val"), task.indices("test")
-    # 1. weak supervisor: the weak base's probe, fit on A's ground truth
-    ids_a, mask_a = exp.weak_inputs(idx_a)
-    weak_probe, _ = baseline_probe(exp.weak, ids_a, mask_a, labels[idx_a], cfg.probe, seed, cfg.batch_size_features)
+    # 1. weak supervisor: the weak base trained on A's ground truth
+    weak = fit_baseline(exp, exp.weak, *exp.weak_inputs(idx_a), labels[idx_a], seed)
 
     def weak_predict(idx: np.ndarray) -> torch.Tensor:
-        ids, mask = exp.weak_inputs(idx)
-        return weak_probe(features(exp.weak, ids, mask, cfg.probe.features, cfg.probe.layer, cfg.batch_size_features))
+        return weak(*exp.weak_inputs(idx))
 
     weak_labels = weak_predict(idx_b)  # 2. soft labels on B, (N_b,)
     weak_acc = {s: accuracy(weak_predict(i), labels[i]) for s, i in (("val", val), ("test", test))}
     weak_acc["train_b"] = accuracy(weak_labels, labels[idx_b])
-    # 3. ceiling: the strong base's probe, fit on B's ground truth
-    ceil_probe, _ = baseline_probe(exp.strong, task.input_ids[idx_b], task.attention_mask[idx_b], labels[idx_b],
-                                   cfg.probe, seed, cfg.batch_size_features)
-    ceiling_acc = {}
-    for s, i in (("val", val), ("test", test)):
-        x = features(exp.strong, task.input_ids[i], task.attention_mask[i], cfg.probe.features, cfg.probe.layer,
-                     cfg.batch_size_features)
-        ceiling_acc[s] = accuracy(ceil_probe(x), labels[i])
+    del weak  # a 'full' student owns a copy of its base
+    # 3. ceiling: the strong base trained on B's ground truth
+    ceiling = fit_baseline(exp, exp.strong, task.input_ids[idx_b], task.attention_mask[idx_b], labels[idx_b], seed)
+    ceiling_acc = {s: accuracy(ceiling(task.input_ids[i], task.attention_mask[i]), labels[i])
+                   for s, i in (("val", val), ("test", test))}
     cache.save("baselines", key, {"weak_labels": weak_labels, "weak_acc": weak_acc, "ceiling_acc": ceiling_acc})
     return Baseline(idx_a, idx_b, weak_labels, weak_acc, ceiling_acc)
+
+
+def recipe_key(cfg: W2SConfig) -> tuple:
+    """What of the recipe changes baseline results. The probe's part is what it was before recipes
+    existed, so cached probe baselines stay valid."""
+    if cfg.recipe == "probe":
+        return (asdict(cfg.probe),)
+    return ({"recipe": cfg.recipe, "finetune": asdict(cfg.finetune)},)
+
+
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids, mask) (N, T) -> P(label = 1) (N,)
+
+
+def fit_baseline(exp: Experiment, base: Base, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                 seed: int) -> Predict:
+    """A base trained on ground truth with the preset's recipe (cross-entropy)."""
+    cfg = exp.cfg
+    if cfg.recipe != "probe":
+        return finetune(base, ids, mask, labels.float(), cfg.finetune, cfg.recipe, seed)
+    probe, _ = baseline_probe(base, ids, mask, labels, cfg.probe, seed, cfg.batch_size_features)
+    return lambda i, m: probe(features(base, i, m, cfg.probe.features, cfg.probe.layer, cfg.batch_size_features))
 
 
 def eval_order(split: np.ndarray, seed: int) -> np.ndarray:
@@ -202,6 +219,8 @@ def trial_inputs(exp: Experiment, seed: int, base: Baseline, fidelity: str | Non
         seed=seed,
         fidelity=fidelity or exp.cfg.fidelity,
         batch_size=exp.cfg.batch_size_features,
+        recipe=exp.cfg.recipe,
+        finetune_cfg=exp.cfg.finetune,
     )
     return TrialInputs(ctx, eval_idx)
 

@@ -23,7 +23,6 @@ def mix(weak: torch.Tensor, intermediate: torch.Tensor, beta: float = BETA) -> t
 
 
 def run(ctx) -> torch.Tensor:
-    x = ctx.features("train")
-    first = ctx.fit_probe(x, ctx.weak_labels, loss_fn=loss)
-    second = ctx.fit_probe(x, mix(ctx.weak_labels, first(x)), loss_fn=loss, seed_offset=1)
-    return second(ctx.features("eval"))
+    first = ctx.fit(loss_fn=loss)
+    second = ctx.fit(targets=mix(ctx.weak_labels, first.predict("train")), loss_fn=loss, seed_offset=1)
+    return second.predict("eval")

@@ -1,7 +1,7 @@
 """Confident-only: train only on the weak labels the teacher is most sure of.
 
-Keeps the KEEP share of examples with the largest |weak - 0.5| and fits the probe to their soft
-labels. Discarding the teacher's coin flips trades data for label quality.
+Keeps the KEEP share of examples with the largest |weak - 0.5| and trains the student on their soft
+labels alone (`rows`). Discarding the teacher's coin flips trades data for label quality.
 """
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,4 @@ def select(weak: torch.Tensor, keep: float = KEEP) -> torch.Tensor:
 
 
 def run(ctx) -> torch.Tensor:
-    idx = select(ctx.weak_labels)
-    probe = ctx.fit_probe(ctx.features("train")[idx], ctx.weak_labels[idx], loss_fn=loss)
-    return probe(ctx.features("eval"))
+    return ctx.fit(rows=select(ctx.weak_labels), loss_fn=loss).predict("eval")

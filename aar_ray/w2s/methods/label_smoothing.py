@@ -14,5 +14,4 @@ def loss(logits: torch.Tensor, weak: torch.Tensor, progress: float) -> torch.Ten
 
 
 def run(ctx) -> torch.Tensor:
-    probe = ctx.fit_probe(ctx.features("train"), ctx.weak_labels, loss_fn=loss)
-    return probe(ctx.features("eval"))
+    return ctx.fit(loss_fn=loss).predict("eval")

@@ -1,4 +1,4 @@
-"""Naive: a linear probe on the student's next-token distribution, cross-entropy to the soft weak labels.
+"""Naive: train the student with the recipe (`ctx.fit`), cross-entropy to the soft weak labels.
 
 The reference point of every campaign (Burns et al. 2023, "naive finetuning").
 """
@@ -12,5 +12,5 @@ def loss(logits: torch.Tensor, weak: torch.Tensor, progress: float) -> torch.Ten
 
 
 def run(ctx) -> torch.Tensor:
-    probe = ctx.fit_probe(ctx.features("train"), ctx.weak_labels, loss_fn=loss)
-    return probe(ctx.features("eval"))  # (N_eval,) P(label = 1)
+    student = ctx.fit(loss_fn=loss)  # targets default to ctx.weak_labels
+    return student.predict("eval")  # (N_eval,) P(label = 1)
