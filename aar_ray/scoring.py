@@ -40,6 +40,14 @@ NOT_AUDITED, CLEAN = "not audited", "clean"  # a trial's audit state, unless it 
 AUDITS = ("audit:shuffled", "audit:gap")  # what "audited" means: both ran on the trial
 
 
+def run_name(researcher: str, trial_id: str, name: str, source: str) -> str:
+    """A trial run's name in the MLflow UI: who, which trial, what the method is (`r0/t3a9c confidence loss`)."""
+    from aar_ray.w2s.methods import summary
+
+    who = "baseline" if researcher == "driver" else researcher
+    return f"{who}/{trial_id[:8]} {summary(source, name, 48)}"
+
+
 def trial_device(device: str, num_gpus: float) -> str:
     """Where a trial's child loads the student: `w2s.device`, with 'auto' meaning the GPU the pool
     assigns when trials reserve one (`trial.num_gpus` > 0), else the CPU."""
@@ -231,7 +239,7 @@ class Scorer:
             self._save()
 
     def score(self, researcher: str, trial_id: str, name: str, source: str, fidelity: str, preds_by_seed: dict,
-              losses_by_seed: dict | None = None) -> dict:
+              losses_by_seed: dict | None = None, times: tuple[float, float] | None = None) -> dict:
         """Researcher-facing: score a trial, record everything, return validation numbers only (rounded).
         A trial not yet admitted counts as a query here; predictions that are not a result (a seed
         missing, invalid values) raise before anything is counted."""
@@ -247,7 +255,7 @@ class Scorer:
         view = self._val_view(rec)
         if researcher not in self.exempt:
             self.watch.add(researcher, self._val_probs(preds), view["val_pgr"]["mean"])
-        rec.mlflow_run = self._record(rec, preds)
+        rec.mlflow_run = self._record(rec, preds, times)
         self._save()
         return view
 
@@ -387,7 +395,8 @@ class Scorer:
 
     # ---------- recording ----------
 
-    def _record(self, rec: TrialRecord, preds: dict) -> str | None:
+    def _record(self, rec: TrialRecord, preds: dict, times: tuple[float, float] | None = None) -> str | None:
+        """The trial's MLflow run: named `r0/t3a9c… summary`, timed as its job ran (`times`: start, end)."""
         if self.tracker is None or not self.tracker.enabled:
             return None
         from aar_ray import tracking
@@ -404,7 +413,8 @@ class Scorer:
             extra_tags={"researcher": rec.researcher, "trial_id": rec.trial_id, "fidelity": rec.fidelity,
                         "aar.trial_index": str(rec.index),
                         **({"aar.baseline": rec.name} if rec.researcher in self.exempt else {})},
-            weak_key=exp.weak.key, strong_key=exp.strong.key, eval_splits=splits)
+            weak_key=exp.weak.key, strong_key=exp.strong.key, eval_splits=splits, times=times,
+            run_name=run_name(rec.researcher, rec.trial_id, rec.name, rec.source))
         self.tracker.log_metrics(out.run_id, {"wall_time_s": rec.submitted - self.t0, "trial_index": rec.index})
         return out.run_id
 

@@ -157,6 +157,8 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED", end_time: float | None = None) -> None: ...
 
+    def describe_experiment(self, experiment_id: str, text: str) -> None: ...
+
 
 NullTracker = Tracker
 DESCRIPTION = "mlflow.note.content"  # the description MLflow's UI shows on a run or an experiment page

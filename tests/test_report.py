@@ -2,7 +2,8 @@
 
 The campaign is written with `MlflowTracker` exactly as the driver and scorer lay it out (campaign ->
 researchers -> trials -> seeds, plus the driver's baseline trials); the report must show those
-numbers, rank by test PGR, embed valid plots, log itself on the campaign run, and render in Chromium.
+numbers, rank by validation PGR (flagged trials demoted), embed valid plots, log itself on the campaign run,
+and render in Chromium.
 """
 from __future__ import annotations
 
@@ -18,16 +19,16 @@ from aar_ray import report, tracking
 from aar_ray.config import PROJECT_ROOT
 
 CID = "synthetic-1"
-# (researcher, trial_id, method, val (mean, std), test (mean, std), wall_time_s, flags tag or None, heldout)
+# (researcher, trial_id, method, val (mean, std), test (mean, std), wall_time_s, audit tag or None, heldout)
 TRIALS = [
-    ("r0", "r0-t1", "r0_smooth", (0.3100, 0.0500), (0.2500, 0.0400), 30.0, "none", {}),
-    ("r0", "r0-t2", "r0_ensemble", (0.6200, 0.0300), (0.5900, 0.0210), 95.0, "none",
+    ("r0", "r0-t1", "r0_smooth", (0.3100, 0.0500), (0.2500, 0.0400), 30.0, "clean", {}),
+    ("r0", "r0-t2", "r0_ensemble", (0.6200, 0.0300), (0.5900, 0.0210), 95.0, "clean",
      {"math": (0.5100, 0.0600), "code": (0.2200, 0.0900)}),
     ("r0", "r0-t3", "r0_worse", (0.4000, 0.0100), (0.1100, 0.0700), 140.0, "val-test-gap", {}),
     ("r1", "r1-t1", "r1_shortcut", (0.9000, 0.0100), (0.8800, 0.0150), 60.0, "teacher-independent,probing",
      {"math": (0.9100, 0.0200)}),  # code held-out not computed: shown as —
     ("r1", "r1-t2", "r1_plain", (0.2000, 0.0800), (-0.0500, 0.1000), 120.0, None, {}),  # not audited yet
-    ("r1", "r1-t3", "r1_undefined", None, None, 150.0, "none", {}),  # PGR undefined: NaN is never logged
+    ("r1", "r1-t3", "r1_undefined", None, None, 150.0, "clean", {}),  # PGR undefined: NaN is never logged
 ]
 BASELINES = [("naive", (0.1000, 0.0200), (0.1200, 0.0300)), ("confidence", (0.2800, 0.0200), (0.3000, 0.0250)),
              ("label_smoothing", (0.1500, 0.0100), (0.1400, 0.0200))]
@@ -50,7 +51,7 @@ def store(tmp_path_factory):
 def _trial(tr, exp, parent, tags, val, test, metrics, seeds=2):
     run = tr.start_run(exp, tags["method"], parent=parent, tags={tracking.LEVEL: "trial", **tags})
     if test is not None:
-        metrics |= {"val_pgr_mean": val[0], "val_pgr_std": val[1], "pgr_mean": test[0], "pgr_std": test[1]}
+        metrics |= {"val_pgr_mean": val[0], "val_pgr_std": val[1], "test_pgr_mean": test[0], "test_pgr_std": test[1]}
     tr.log_metrics(run, metrics)
     for s in range(seeds):
         sr = tr.start_run(exp, f"{tags['method']}/seed={s}", parent=run, tags={tracking.LEVEL: "seed", "seed": str(s)})
@@ -69,17 +70,19 @@ def campaign(store):
                           "budget_trials": 12, "wall_s": 3725.0})
     for i, (name, val, test) in enumerate(BASELINES):
         _trial(tr, exp, camp, {"method": name, "aar.baseline": name, "researcher": "driver", "trial_id": f"base-{name}",
-                               "fidelity": "full", "aar.flags": "none"}, val, test, {"wall_time_s": 5.0 + i})
+                               "fidelity": "full", "aar.audit": "not audited"}, val, test, {"wall_time_s": 5.0 + i})
     rr = {}
     for name, m in RESEARCHERS.items():
         rr[name] = tr.start_run(exp, name, parent=camp, tags={tracking.LEVEL: "researcher", "researcher": name,
                                                               "direction": f"dir of {name}", "brain": "offline",
                                                               "outcome": "budget"})
         tr.log_metrics(rr[name], m)
-    for i, (res, tid, method, val, test, t, flags, held) in enumerate(TRIALS):
+    for i, (res, tid, method, val, test, t, audit, held) in enumerate(TRIALS):
         tags = {"method": method, "researcher": res, "trial_id": tid, "fidelity": "full"}
-        if flags is not None:
-            tags["aar.flags"] = flags
+        if audit is not None:  # what finalize_flags writes: the state, and the flags when there are any
+            tags["aar.audit"] = audit
+            if audit not in ("clean", "not audited"):
+                tags["aar.flags"] = audit
         metrics = {"wall_time_s": t, "trial_index": i}
         for task, (m, s) in held.items():
             metrics |= {f"heldout_{task}_pgr_mean": m, f"heldout_{task}_pgr_std": s}
@@ -87,7 +90,7 @@ def campaign(store):
     # a half-recorded trial left by a crash (RUNNING): replaced on resume, never shown
     crashed = tr.start_run(exp, "r1_crashed", parent=rr["r1"], tags={tracking.LEVEL: "trial", "method": "r1_crashed",
                                                                      "researcher": "r1", "trial_id": "r1-t3"})
-    tr.log_metrics(crashed, {"pgr_mean": 0.99, "pgr_std": 0.0, "val_pgr_mean": 0.99, "val_pgr_std": 0.0})
+    tr.log_metrics(crashed, {"test_pgr_mean": 0.99, "test_pgr_std": 0.0, "val_pgr_mean": 0.99, "val_pgr_std": 0.0})
     # trials whose jobs produced no score, recorded the way the campaign's collector does it
     for tid, method, status, reason in UNSCORED:
         for _ in range(2):  # recording twice (a resumed collector) must not duplicate the run
@@ -115,7 +118,7 @@ def pm(ms) -> str:
     return f"{ms[0]:.4f} ± {ms[1]:.4f}"
 
 
-def test_leaderboard_matches_mlflow_ranked_by_test_pgr(campaign):
+def test_leaderboard_matches_mlflow_ranked_by_val_pgr_flagged_last(campaign):
     rows = _table(campaign["text"], "Leaderboard")
     # every finished trial, the crashed one excluded; numbers read back from MLflow itself
     client = campaign["tracker"].client
@@ -125,26 +128,26 @@ def test_leaderboard_matches_mlflow_ranked_by_test_pgr(campaign):
     by_method = {r.data.tags["method"]: r.data.metrics for r in runs}
     for row in rows:
         m = by_method[row["method"]]
-        if "pgr_mean" in m:
-            assert row["val PGR"] == pm((m["val_pgr_mean"], m["val_pgr_std"]))
-            assert row["test PGR"] == pm((m["pgr_mean"], m["pgr_std"]))
+        if "test_pgr_mean" in m:
+            assert row["val PGR (ranks)"] == pm((m["val_pgr_mean"], m["val_pgr_std"]))
+            assert row["test PGR"] == pm((m["test_pgr_mean"], m["test_pgr_std"]))
         else:
-            assert row["val PGR"] == row["test PGR"] == "—"
+            assert row["val PGR (ranks)"] == row["test PGR"] == "—"
         assert row["fidelity"] == "full"
-    assert rows[-1]["method"] == "r1_undefined"  # no PGR: last
-    tests = [float(r["test PGR"].split(" ± ")[0]) for r in rows[:-1]]
-    assert tests == sorted(tests, reverse=True)
+    # validation PGR ranks (never test); a flagged trial is shown, below every unflagged one
+    assert [r["method"] for r in rows] == ["r0_ensemble", "r0_smooth", "confidence", "r1_plain", "label_smoothing",
+                                           "naive", "r1_undefined", "r1_shortcut", "r0_worse"]
     assert [r["rank"] for r in rows] == [str(i) for i in range(1, len(rows) + 1)]
-    assert [r["method"] for r in rows[:3]] == ["r1_shortcut", "r0_ensemble", "confidence"]
     lb = {r["method"]: r for r in rows}
-    assert lb["r1_shortcut"]["flags"] == "teacher-independent, probing"
-    assert lb["r0_worse"]["flags"] == "val-test-gap"
-    assert lb["r0_smooth"]["flags"] == "none"
-    assert lb["r1_plain"]["flags"] == "not audited"
+    assert lb["r1_shortcut"]["audit"] == "flagged: teacher-independent, probing"  # the best val PGR, demoted
+    assert lb["r0_worse"]["audit"] == "flagged: val-test-gap"
+    assert lb["r0_smooth"]["audit"] == "clean"
+    assert lb["r1_plain"]["audit"] == "not audited"  # never shown as clean
     assert lb["r1_plain"]["test PGR"] == "-0.0500 ± 0.1000"
     assert (lb["r0_ensemble"]["researcher"], lb["r0_ensemble"]["trial"]) == ("r0", "r0-t2")
     assert lb["naive"]["researcher"] == "baseline"
     assert "r1_crashed" not in campaign["text"]
+    assert "- **ranked by:** validation PGR" in campaign["text"]
 
 
 def test_unscored_trials_are_recorded_once_and_listed_with_their_reason(campaign):
@@ -177,11 +180,13 @@ def test_header_generalization_and_spend(campaign):
     assert f"- **best human-designed test PGR:** {BEST_HUMAN:.4f}" in text
 
     gen = _table(text, "Generalization")
-    # top-3 researcher trials by test PGR (baselines are not candidates)
-    assert [(r["method"], r["primary PGR"], r["math PGR"], r["code PGR"]) for r in gen] == [
-        ("r1_shortcut", pm((0.88, 0.015)), pm((0.91, 0.02)), "—"),
-        ("r0_ensemble", pm((0.59, 0.021)), pm((0.51, 0.06)), pm((0.22, 0.09))),
-        ("r0_smooth", pm((0.25, 0.04)), "—", "—"),
+    # top-3 researcher trials by val PGR (baselines are not candidates), plus any with held-out
+    # numbers; the flagged one last, with its flags
+    assert [(r["method"], r["test PGR"], r["math PGR"], r["code PGR"], r["audit"]) for r in gen] == [
+        ("r0_ensemble", pm((0.59, 0.021)), pm((0.51, 0.06)), pm((0.22, 0.09)), "clean"),
+        ("r0_smooth", pm((0.25, 0.04)), "—", "—", "clean"),
+        ("r1_plain", pm((-0.05, 0.1)), "—", "—", "not audited"),
+        ("r1_shortcut", pm((0.88, 0.015)), pm((0.91, 0.02)), "—", "flagged: teacher-independent, probing"),
     ]
 
     spend = {r["researcher"]: r for r in _table(text, "Spend")}

@@ -72,7 +72,7 @@ def test_request_holds_no_labels_and_harness_seeds(env):
     assert isinstance(request, TrialRequest)
     assert request.seed_numbers == [0, 1]  # the harness's seeds, not the caller's
     assert (request.student.device, request.student.dtype) == ("cpu", "float32")  # the preset's, always present
-    assert "label" not in json.dumps(request.to_json())
+    assert not {"label", "labels", "ground_truth"} & set(_keys(request.to_json()))  # no label, by any name
     exp = scorer._exp["primary"]
     for s in request.seeds:
         assert set(s.tensors()) == set(INPUT_KEYS)
@@ -217,3 +217,12 @@ def test_probing_is_flagged_on_followed_targeted_flips_not_on_honest_tweaks(env)
     assert "alice" not in scorer.flagged_researchers() and scorer.watch.events.get("alice", 0) == 0
     audit = {r["trial_id"]: r["audit"] for r in scorer.driver_results()}
     assert FLAG_PROBING in audit["b2"] and audit["a1"] == "not audited"  # flagged, not audited: never "clean"
+
+
+def _keys(obj) -> list:
+    """Every key of a JSON object, at any depth."""
+    if isinstance(obj, dict):
+        return [k for k, v in obj.items() for k in (k, *_keys(v))]
+    if isinstance(obj, list):
+        return [k for v in obj for k in _keys(v)]
+    return []

@@ -44,7 +44,7 @@ def test_pasted_generator_rebuilds_a_public_world_but_not_the_secret_one(cache, 
     assert out.status is TrialStatus.OK, f"{out.reason}\n{out.log_tail[-600:]}"
     assert min(pgrs) > 0.9  # a public world gives its labels away to anyone with the generator's source
 
-    secret = tiny_cfg()  # world.seed unset: this installation's secret one
+    secret = tiny_cfg("world.seed=null")  # unset: this installation's secret one
     assert secret.world.seed is None and secret_seed() >= 64  # (62 random bits: never in a small range)
     out, pgrs = val_trial(method, secret, SETTINGS, check_source=False)
     assert out.status is TrialStatus.FAILED and pgrs == []

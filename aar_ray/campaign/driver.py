@@ -126,7 +126,11 @@ def open_run(cfg: CampaignConfig) -> Run:
     rids = [f"r{i}" for i in range(cfg.n_researchers)]
     directions = {rid: cfg.directions[i % len(cfg.directions)] for i, rid in enumerate(rids)}
     rruns = {rid: _find_or_start(tracker, exp_id, "researcher", "researcher", rid, f"researcher {rid}", camp_run,
-                                 {"direction": directions[rid], "brain": kind}) for rid in rids}
+                                 {"direction": directions[rid], "brain": kind,
+                                  tracking.DESCRIPTION: f"Researcher {rid} ({kind} brain), direction: {directions[rid]}. "
+                                                        "Its trials are nested below; its transcript is an artifact."})
+             for rid in rids}
+    _describe(tracker, exp_id, camp_run, cfg, kind, directions)
     return Run(cfg, kind, run_dir, resumed, tracker, exp_id, camp_run, directions, {**rruns, DRIVER: camp_run},
                _deadline(run_dir, cfg))
 
@@ -141,6 +145,23 @@ def _deadline(run_dir: Path, cfg: CampaignConfig) -> float:
     deadline = time.time() + cfg.budget.deadline_s
     path.write_text(json.dumps({"started": time.time(), "deadline": deadline}))
     return deadline
+
+
+def _describe(tracker, exp_id: str, camp_run: str, cfg: CampaignConfig, kind: str, directions: dict) -> None:
+    """What the MLflow UI shows first: the experiment's and the campaign run's descriptions, with the
+    way to the report (the campaign run's `report/` artifacts) and the metrics to read."""
+    from aar_ray import tracking
+
+    who = ", ".join(f"{r} ({d})" for r, d in directions.items())
+    text = (f"**Campaign {cfg.campaign_id}** (preset `{cfg.name}`): {len(directions)} {kind} researchers: {who}. "
+            f"Task `{cfg.w2s.task}`, recipe `{cfg.w2s.recipe}`, {len(cfg.scoring.seeds)} harness seeds per trial.\n\n"
+            f"**Read the report**: the campaign run's artifacts, "
+            f"[report/report.html](#/experiments/{exp_id}/runs/{camp_run}/artifacts) (and report.md, plots).\n\n"
+            "Metrics on every trial run: `val_pgr_mean` (what researchers saw; ranks), `test_pgr_mean` (hidden), "
+            "`heldout_math_pgr_mean`, `heldout_code_pgr_mean` (top methods only), each with `_std` over seeds. "
+            "Tag `aar.audit`: not audited, clean, or the audits' flags.")
+    tracker.describe_experiment(exp_id, text)
+    tracker.set_tags(camp_run, {tracking.DESCRIPTION: text})
 
 
 def score_baselines(run: Run, svc: Services) -> None:

@@ -155,8 +155,10 @@ class TrialService:
             self._unscored(ray, trial_id, sub, out.status, out.reason)
             return
         try:
+            info = handle.info()  # the job's own clock: the trial run shows how long the trial really took
+            times = (info.started_at, info.finished_at) if info.started_at and info.finished_at else None
             val = ray.get(self.scorer.score.remote(sub.owner, trial_id, sub.name, sub.source, sub.fidelity,
-                                                   dict(out.preds), dict(out.losses)))
+                                                   dict(out.preds), dict(out.losses), times))
         except Exception as e:  # budget refusal or invalid predictions: the researcher sees why
             cause = getattr(e, "cause", None) or e  # a Ray task error carries the scorer's exception
             status = TrialStatus.REFUSED if isinstance(cause, QueryBudgetExceeded) else TrialStatus.INVALID_OUTPUT
