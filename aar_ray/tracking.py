@@ -159,8 +159,12 @@ class Tracker:
 
     def describe_experiment(self, experiment_id: str, text: str) -> None: ...
 
+    def share_view(self, experiment_id: str, key: str, metrics: list[str], expanded: list[str],
+                   order_by: str) -> None: ...
+
 
 NullTracker = Tracker
+VIEW_KEY = "aar-pgr"  # the shared runs-table view: open #/experiments/<id>/runs?viewStateShareKey=aar-pgr
 DESCRIPTION = "mlflow.note.content"  # the description MLflow's UI shows on a run or an experiment page
 
 
@@ -276,6 +280,16 @@ class MlflowTracker(Tracker):
         """The experiment's description, and the classic runs view (not the GenAI overview) as its page."""
         self.client.set_experiment_tag(experiment_id, DESCRIPTION, redact(text))
         self.client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+
+    def share_view(self, experiment_id: str, key: str, metrics: list[str], expanded: list[str],
+                   order_by: str) -> None:
+        """A runs-table view the UI opens from a link (`?viewStateShareKey=<key>`, MLflow's shared view
+        state, an experiment tag): these metric columns shown, these parent runs expanded, sorted."""
+        import json
+
+        state = {"selectedColumns": [f"metrics.`{m}`" for m in metrics], "runsExpanded": {r: True for r in expanded},
+                 "orderByKey": f"metrics.`{order_by}`", "orderByAsc": False}
+        self.client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(state))
 
 
 def default_tracker() -> Tracker:

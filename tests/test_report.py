@@ -290,3 +290,65 @@ def test_html_renders_in_headless_chromium(campaign, tmp_path):
     assert (px.min(axis=-1) < 235).mean() > 0.05  # not a blank white page
     assert _has_color(px, (0x1f, 0x3b, 0x73), tol=6, min_px=2000)  # the page's table headers: CSS applied
     assert _has_color(px, (31, 119, 180), tol=20, min_px=500)  # the embedded leaderboard plot's bars
+
+
+def _chromium(url: str, profile: Path, screenshot: Path | None = None) -> str:
+    """The page's DOM after its scripts ran (and a screenshot): what a person opening the link sees."""
+    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", "--virtual-time-budget=25000", "--window-size=1600,1000"]
+    if screenshot is not None:
+        subprocess.run([*base, f"--user-data-dir={profile}-shot", f"--screenshot={screenshot}", url],
+                       capture_output=True, timeout=180)
+    return subprocess.run([*base, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True, text=True,
+                          timeout=180).stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (bash .ci/install-apt.sh)")
+def test_mlflow_ui_opens_on_the_trials_with_their_pgr(campaign, store, tmp_path):
+    """A real `mlflow server` on the campaign's store, read by headless Chromium: the experiment
+    opens as a runs table (not the GenAI overview), the shared view linked from the description shows
+    every trial with its PGR columns without picking any by hand, and the campaign run's page shows
+    the way to the report."""
+    import os
+    import socket
+    import sys
+
+    from aar_ray.campaign.driver import _describe
+    from aar_ray.config import CampaignConfig
+    from test_tracking import wait_healthy
+
+    root, tr = store
+    exp = tr.experiment_id(report.EXPERIMENT_PREFIX + CID)
+    researchers = [r.run_id for r in tr.find_runs(exp, "researcher")]
+    _describe(tr, exp, campaign["camp"], CampaignConfig(campaign_id=CID), "offline", {"r0": "dir of r0", "r1": "dir of r1"})
+    tr.share_view(exp, tracking.VIEW_KEY, ["val_pgr_mean", "test_pgr_mean"], [campaign["camp"], *researchers],
+                  "val_pgr_mean")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1", "--backend-store-uri", tr.uri, "--artifacts-destination",
+                             str(tracking.artifacts_dir(tr.uri))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, "mlflow server")
+        shot = tmp_path / "runs.png"
+        dom = _chromium(f"{url}/#/experiments/{exp}/runs?viewStateShareKey={tracking.VIEW_KEY}", tmp_path / "p1", shot)
+        page = _chromium(f"{url}/#/experiments/{exp}/runs/{campaign['camp']}", tmp_path / "p2")
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    # the runs table: PGR columns, every trial's row with its number, and the description
+    assert "val_pgr_mean" in dom and "test_pgr_mean" in dom, dom[-3000:]
+    for method in ("r0_ensemble", "r1_shortcut", "r0_smooth"):
+        assert method in dom, method
+    assert "0.62" in dom and "0.88" in dom  # r0_ensemble's val PGR, r1_shortcut's test PGR: the values, shown
+    assert "Campaign synthetic-1" in dom and "Read the report" in dom
+    with Image.open(shot) as im:
+        assert _n_colors(np.asarray(im.convert("RGB"))) > 50
+    # the campaign run's page: its description names the report and the shared view
+    assert "report/report.html" in page and "The trials with their PGR" in page
+    assert "naive_test_pgr_mean" in page  # its own metrics are on the page

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import sys
@@ -156,12 +157,23 @@ def _describe(tracker, exp_id: str, camp_run: str, cfg: CampaignConfig, kind: st
     text = (f"**Campaign {cfg.campaign_id}** (preset `{cfg.name}`): {len(directions)} {kind} researchers: {who}. "
             f"Task `{cfg.w2s.task}`, recipe `{cfg.w2s.recipe}`, {len(cfg.scoring.seeds)} harness seeds per trial.\n\n"
             f"**Read the report**: the campaign run's artifacts, "
-            f"[report/report.html](#/experiments/{exp_id}/runs/{camp_run}/artifacts) (and report.md, plots).\n\n"
+            f"[report/report.html](#/experiments/{exp_id}/runs/{camp_run}/artifacts) (and report.md, plots). "
+            f"**[The trials with their PGR](#/experiments/{exp_id}/runs?viewStateShareKey={tracking.VIEW_KEY})**.\n\n"
             "Metrics on every trial run: `val_pgr_mean` (what researchers saw; ranks), `test_pgr_mean` (hidden), "
             "`heldout_math_pgr_mean`, `heldout_code_pgr_mean` (top methods only), each with `_std` over seeds. "
             "Tag `aar.audit`: not audited, clean, or the audits' flags.")
     tracker.describe_experiment(exp_id, text)
     tracker.set_tags(camp_run, {tracking.DESCRIPTION: text})
+
+
+def share_trials_view(run: "Run") -> None:
+    """The runs table as it should open: every trial visible under its researcher, PGR columns shown."""
+    from aar_ray import tracking
+
+    metrics = ["val_pgr_mean", "val_pgr_std", "test_pgr_mean", "test_pgr_std", "heldout_math_pgr_mean",
+               "heldout_code_pgr_mean"]
+    run.tracker.share_view(run.experiment_id, tracking.VIEW_KEY, metrics,
+                           [run.campaign_run, *(run.researcher_runs[r] for r in run.rids)], "val_pgr_mean")
 
 
 def score_baselines(run: Run, svc: Services) -> None:
@@ -295,7 +307,14 @@ def log_summary(run: Run, svc: Services, outcomes: dict[str, dict]) -> str | Non
         metrics["naive_test_pgr_mean"] = base["naive"]
     if human:
         metrics["best_human_test_pgr_mean"] = max(human)
-    tracker.log_metrics(run.campaign_run, metrics)
+    # the leader (by validation PGR, flagged trials last): what the campaign run's page shows first
+    ranked = sorted((r for r in results if r["researcher"] != DRIVER and math.isfinite(r["val_pgr"]["mean"])),
+                    key=lambda r: (bool(r["flags"]), -r["val_pgr"]["mean"]))
+    if ranked:
+        metrics |= {"leader_val_pgr_mean": ranked[0]["val_pgr"]["mean"], "leader_val_pgr_std": ranked[0]["val_pgr"]["std"],
+                    "leader_test_pgr_mean": ranked[0]["test_pgr"]["mean"],
+                    "leader_test_pgr_std": ranked[0]["test_pgr"]["std"]}
+    tracker.log_metrics(run.campaign_run, {k: v for k, v in metrics.items() if math.isfinite(v)})
     snap = ray.get(svc.trials.snapshot.remote())
     for rid in run.rids:
         rrun = run.researcher_runs[rid]
@@ -321,6 +340,7 @@ def run_campaign(cfg: CampaignConfig) -> Path:
     from aar_ray.report import build_report
 
     run = open_run(cfg)
+    share_trials_view(run)
     _STOPPING["campaign_id"] = run.cfg.campaign_id
     started_ray = connect_ray(run.cfg, namespace=f"aar-{run.cfg.campaign_id}")
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
