@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from aar_ray.config import ConfigError, FinetuneConfig, ModelConfig, W2SConfig, load_config
-from aar_ray.sandbox_child import _fingerprint
+from aar_ray.sandbox.child import _fingerprint
 from aar_ray.w2s import cache, engine
 from aar_ray.w2s.api import baseline_probe
 from aar_ray.w2s.finetune import finetune, label_token
