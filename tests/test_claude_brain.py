@@ -11,13 +11,15 @@ import time
 
 import pytest
 
-from aar_ray.agents.base import BrainError, BudgetExceeded, Spend, ToolCall, ToolResult
+from aar_ray.agents.base import APIUnavailable, BrainError, BudgetExceeded, Spend, ToolCall, ToolResult
 from aar_ray.agents.claude import SUMMARY_HEADER, ClaudeBrain
 from aar_ray.config import ClaudeConfig, ModelPrice, ResearcherBudget
 from aar_ray.agents.prompts import system_prompt
 from aar_ray.agents.tools import TOOLS, validate
 from aar_ray.config import ConfigError
-from tests.messages_api_server import MessagesAPIServer, check_messages, error, hang, reply, text, tool_use, usage
+from aar_ray.budget import BudgetAuthority
+from tests.messages_api_server import (MessagesAPIServer, check_messages, error, hang, raw, reply, reset, text, tool_use,
+                                       truncated, usage)
 
 KEY = "sk-ant-api03-test-KEY-0123456789-never-leak"
 EPH = {"type": "ephemeral"}
@@ -189,11 +191,15 @@ def test_500_and_529_back_off_exponentially_with_seeded_jitter(api):
     assert len(api.requests) == 3
 
 
-def test_retries_exhausted_raise_brain_error_and_leave_conversation_untouched(api):
+def test_sustained_overload_ends_with_the_fault_and_retry_count_and_leaves_conversation_untouched(api):
     api.add(*[error(529, "overloaded_error", "Overloaded")] * 3)
     b = brain(config(max_retries=2))
-    with pytest.raises(BrainError, match="failed after 3 attempts; last: HTTP 529 overloaded_error: Overloaded"):
+    with pytest.raises(APIUnavailable) as info:
         b.act("start", [])
+    assert str(info.value) == ("Messages API failed after 2 retries (3 attempts); "
+                               "last fault: HTTP 529 overloaded_error: Overloaded")
+    assert info.value.kind == "api_unavailable" and isinstance(info.value, BrainError)
+    assert (info.value.fault, info.value.retries) == ("HTTP 529 overloaded_error: Overloaded", 2)
     assert len(api.requests) == 3 and [r["attempt"] for r in b.retries] == [1, 2]
     assert b.messages == [] and b.spend == Spend()
     api.add(reply([tool_use("leaderboard", {}, id="toolu_1")]))  # the same act can simply be retried
@@ -217,6 +223,27 @@ def test_timeout_is_retried(api):
     assert time.monotonic() - t0 < 2.5  # did not wait for the hung response
     assert [(r["attempt"], r["reason"]) for r in b.retries] == [(1, "timeout after 0.3s")]
     assert len(api.requests) == 2
+
+
+@pytest.mark.parametrize("broken,reason", [
+    (raw(b'{"id": "msg_1", "type": "mess'), "malformed reply: JSONDecodeError: Unterminated string"),  # 200, bad JSON
+    (raw(b"<html>502 Bad Gateway</html>"), "malformed reply: JSONDecodeError: Expecting value"),
+    (raw(b"{}"), "malformed reply: the body has no content or no usage"),  # 200, JSON, not a Message
+    (truncated(reply([text("cut short")]), 40), "connection error: RemoteProtocolError: peer closed connection"),
+    (reset(), "connection error: ReadError: [Errno 104] Connection reset by peer"),
+])
+def test_broken_replies_and_connections_are_retried_like_5xx(api, broken, reason):
+    api.add(broken, reply([tool_use("leaderboard", {}, id="toolu_1")]))
+    b = brain(seed=3)
+    events = []
+    b.listen(lambda kind, **data: events.append((kind, data)))
+    assert b.act("start", []) == [ToolCall("toolu_1", "leaderboard", {})]
+    assert len(b.retries) == 1 and b.retries[0]["reason"].startswith(reason), b.retries
+    jitter = random.Random(3).random()
+    assert b.retries[0]["delay_s"] == 0.01 * (0.5 + 0.5 * jitter)  # the same backoff as a 5xx
+    assert len(api.requests) == 2 and api.bodies[0] == api.bodies[1]
+    assert b.spend.api_calls == 1 and len(b.messages) == 2
+    assert [k for k, _ in events] == ["api_retry", "api_call"] and events[0][1] == b.retries[0]
 
 
 def test_malformed_tool_input_is_returned_and_its_error_sent_back(api):
@@ -268,11 +295,13 @@ def test_missing_results_are_answered_as_errors(api):
 
 @pytest.mark.parametrize("kw,use,reason", [
     ({"dollars": 0.01}, usage(1000, 1000, 0, 0), r"dollar budget spent: \$0.0120 of \$0.01"),
-    ({"tokens": 500}, usage(400, 50, 0, 100), "token budget spent: 550 of 500 tokens"),
+    ({"tokens": 5000}, usage(4800, 50, 0, 300), "token budget spent: 5150 of 5000 tokens"),
 ])
 def test_reply_past_the_cap_records_spend_then_stops(api, kw, use, reason):
+    """The request was longer than its estimate: the reply crosses the cap, is paid for, and its
+    tool calls are not returned for execution."""
     api.add(reply([tool_use("submit_method", COMPOSITION, id="toolu_1")], usage=use))
-    b = brain(budget=ResearcherBudget(**kw))  # the researcher's caps are the brain's caps
+    b = brain(config(max_tokens=100), budget=ResearcherBudget(**kw))  # the researcher's caps are the brain's caps
     with pytest.raises(BudgetExceeded, match=reason):
         b.act("start", [])
     p = ModelPrice(2.0, 10.0, 2.5, 0.2)
@@ -284,6 +313,38 @@ def test_reply_past_the_cap_records_spend_then_stops(api, kw, use, reason):
     with pytest.raises(BudgetExceeded, match=reason):  # the hard stop: no further request
         b.act("next", [ToolResult("toolu_1", "submit_method", {"trial_id": "t"})])
     assert len(api.requests) == 1
+
+
+def test_a_call_whose_worst_case_could_cross_the_cap_is_never_sent(api):
+    b = brain(config(max_tokens=1000), budget=ResearcherBudget(dollars=0.01))
+    first = [user(text("start"))]
+    n = b.context_tokens(first)  # characters / 4, system prompt and tools included
+    assert 1000 < n < 4000
+    worst = (n * 2.5 + 1000 * 10.0) / 1e6  # input at the cache-write rate (the dearest), output at its rate
+    assert b.worst_case(first) == (worst, n + 1000, f"~{n} input tokens at $2.5/MTok + max_tokens 1000 at $10/MTok")
+    with pytest.raises(BudgetExceeded) as info:
+        b.act("start", [])
+    assert str(info.value) == (f"dollar budget: the next call may cost up to ${worst:.4f} (~{n} input tokens at "
+                               f"$2.5/MTok + max_tokens 1000 at $10/MTok) and only $0.0100 of $0.01 is left")
+    assert api.requests == [] and b.messages == [] and b.spend == Spend()
+
+
+def test_the_campaign_cap_binds_all_researchers_through_one_authority(api):
+    """Two researchers, one authority: the second is refused because of what the first spent."""
+    cfg = config(max_tokens=100)
+    probe = brain(cfg)
+    worst = probe.worst_case([user(text("go"))])[0]
+    authority = BudgetAuthority(ResearcherBudget(dollars=1.0), campaign_dollars=1.5 * worst)
+    b1, b2 = (ClaudeBrain(cfg, probe.system_prompt, researcher=r, authority=authority) for r in ("r1", "r2"))
+    api.add(reply([tool_use("leaderboard", {}, id="toolu_1")], usage=usage(3000, 50, 0, 0)))
+    assert b1.act("go", []) == [ToolCall("toolu_1", "leaderboard", {})]
+    spent = (3000 * 2.0 + 50 * 10.0) / 1e6
+    with pytest.raises(BudgetExceeded, match=r"^the campaign's dollar budget: the next call may cost up to"):
+        b2.act("go", [])
+    assert len(api.requests) == 1
+    status = authority.status()
+    assert status["dollars"] == pytest.approx(spent) and status["by_researcher"] == {"r1": {"dollars": spent, "tokens": 3050}}
+    assert status["exhausted"].startswith("the campaign's dollar budget: the next call may cost up to")
 
 
 def test_spend_arithmetic_uses_the_configured_price_table(api):

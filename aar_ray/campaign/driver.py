@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aar_ray import vault
 from aar_ray.campaign.progress import Progress
 from aar_ray.campaign.services import DRIVER, Services, method_id, start_services
 from aar_ray.config import PROJECT_ROOT, CampaignConfig, to_yaml
@@ -59,14 +60,15 @@ def experiment_name(campaign_id: str) -> str:
 
 
 def worker_env() -> dict[str, str]:
-    """Environment every actor and job needs to find the same caches and tracking store."""
+    """Environment every actor and job needs to find the same caches and tracking store. No secret:
+    Ray logs every runtime env it creates; actors get secrets from the vault (`aar_ray.vault`)."""
     from aar_ray import tracking
     from aar_ray.w2s import cache
 
     env = {"AAR_CACHE_DIR": str(cache.cache_dir()), "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "MLFLOW_DISABLE_TELEMETRY": "true",
            "TOKENIZERS_PARALLELISM": "false"}
-    for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    for k in ("ANTHROPIC_BASE_URL", "MLFLOW_TRACKING_USERNAME"):  # not secrets
         if os.environ.get(k):
             env[k] = os.environ[k]
     return env
@@ -86,8 +88,9 @@ def connect_ray(cfg: CampaignConfig, namespace: str) -> bool:
         return False
     kw = {"num_cpus": cfg.ray.num_cpus or None, "num_gpus": cfg.ray.num_gpus or None,
           "_temp_dir": os.environ.get("AAR_RAY_TMPDIR") or None}  # a private temp dir isolates this Ray
-    ray.init(namespace=namespace, runtime_env={"env_vars": worker_env()}, include_dashboard=False,
-             log_to_driver=False, **{k: v for k, v in kw.items() if v is not None})
+    with vault.withheld():  # the raylet, and every worker it starts, inherits this environment: no secrets
+        ray.init(namespace=namespace, runtime_env={"env_vars": worker_env()}, include_dashboard=False,
+                 log_to_driver=False, **{k: v for k, v in kw.items() if v is not None})
     return True
 
 
@@ -165,7 +168,7 @@ def research(run: Run, svc: Services, progress: Progress, env: dict) -> dict[str
     from aar_ray.campaign.researchers import ResearcherActor
 
     cfg = run.cfg
-    deadline = time.time() + cfg.budget.deadline_s
+    deadline = ray.get(svc.budget.deadline.remote(cfg.budget.deadline_s))  # the campaign's: kept across resumes
     actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(ResearcherActor)
     actors = {rid: actor.options(name=f"aar-researcher-{rid}", runtime_env={"env_vars": env}).remote(
         rid, run.kind, run.directions[rid], i, cfg, deadline, str(run.run_dir / "transcripts"),
@@ -183,8 +186,9 @@ def research(run: Run, svc: Services, progress: Progress, env: dict) -> dict[str
                 outcomes[rid] = {"researcher": rid, "outcome": "crashed", "message": str(e).splitlines()[0]}
         trials = ray.get(svc.forum.trials.remote())
         snap = ray.get(svc.trials.snapshot.remote())
-        spend = _spend(ray.get([svc.forum.load_state.remote(r) for r in run.rids]), run.rids)
-        progress.update([t for t in trials if t["researcher"] != DRIVER], snap, spend, time.time() - run.t_start,
+        spend = ray.get(svc.budget.status.remote())
+        progress.update([t for t in trials if t["researcher"] != DRIVER], snap,
+                        {r: s["dollars"] for r, s in spend["by_researcher"].items()}, time.time() - run.t_start,
                         "research")
         stop_reason = stop_reason or budget_stop(cfg, trials, snap, spend, deadline)
         if stop_reason and not ray.get(svc.forum.stop_requested.remote()):
@@ -207,23 +211,17 @@ def drain(run: Run, svc: Services, progress: Progress) -> None:
         print(f"[aar] cancelled {cancelled} trials still running after the grace period", flush=True)
 
 
-def _spend(states: list, rids: list[str]) -> dict[str, float]:
-    out = {}
-    for rid, st in zip(rids, states):
-        brain = (st or {}).get("brain") or {}
-        out[rid] = float((brain.get("spend") or {}).get("dollars", 0.0)) if isinstance(brain.get("spend"), dict) else 0.0
-    return out
-
-
 def budget_stop(cfg: CampaignConfig, trials: list[dict], snap: dict, spend: dict, deadline: float) -> str | None:
+    """Why the campaign must wind down, or None. `spend` is the budget authority's status (the dollar
+    cap itself is enforced there, before every call)."""
     n = sum(1 for t in trials if t["researcher"] != DRIVER)
     if n >= cfg.budget.trials:
         return f"the campaign's trial budget is spent ({n} of {cfg.budget.trials})"
     gpu_s = sum(o.get("gpu_seconds", 0.0) for owner, o in snap.get("owners", {}).items() if owner != DRIVER)
     if gpu_s >= cfg.budget.gpu_seconds:
         return f"the campaign's GPU-second budget is spent ({gpu_s:.0f} of {cfg.budget.gpu_seconds:.0f})"
-    if sum(spend.values()) >= cfg.budget.dollars:
-        return f"the campaign's dollar budget is spent (${sum(spend.values()):.2f} of ${cfg.budget.dollars:.2f})"
+    if spend["exhausted"]:
+        return spend["exhausted"]
     if time.time() >= deadline:
         return "the campaign's deadline passed"
     return None
@@ -269,6 +267,9 @@ def run_campaign(cfg: CampaignConfig) -> Path:
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
     try:
         env = worker_env()
+        secrets = vault.from_env()
+        if secrets:  # in memory: researchers (the API key) and MLflow clients (credentials) ask it
+            vault.start_vault(secrets)
         svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env)
         ray.get(svc.forum.set_stop.remote(False))
         score_baselines(run, svc)

@@ -1,7 +1,9 @@
-"""The campaign's shared services as Ray actors: the scorer, the forum and the trial service.
+"""The campaign's shared services as Ray actors: the scorer, the forum, the budget authority and the
+trial service.
 
-The scorer and the forum are their plain classes (`aar_ray.scoring.Scorer`, `aar_ray.forum.Forum`)
-made remote as they are: their methods are the actors' methods. The trial service below owns the
+The scorer, the forum and the budget authority are their plain classes (`aar_ray.scoring.Scorer`,
+`aar_ray.forum.Forum`, `aar_ray.budget.BudgetAuthority`) made remote as they are: their methods are
+the actors' methods. The trial service below owns the
 task pool: researchers submit trials to it, a background thread collects finished jobs, has the
 scorer score them and updates the forum.
 """
@@ -27,14 +29,17 @@ class Services:
     scorer: Any
     forum: Any
     trials: Any
+    budget: Any  # the BudgetAuthority: LLM spend and the research deadline
 
 
 def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_runs: dict[str, str],
                    env: dict) -> Services:
-    """Start (named, in this campaign's namespace) the scorer, the forum and the trial service."""
+    """Start (named, in this campaign's namespace) the scorer, the forum, the budget authority and the
+    trial service. `env` holds no secret (Ray logs runtime envs): actors get those from the vault."""
     import ray
 
     from aar_ray import tracking
+    from aar_ray.budget import BUDGET, BudgetAuthority
     from aar_ray.forum import Forum
     from aar_ray.scoring import Scorer
 
@@ -47,7 +52,10 @@ def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_
     # held-out and audit jobs block one of its threads each while they run: room for all of them
     trials = ray.remote(num_cpus=0, max_concurrency=64)(TrialService).options(name=TRIALS, **opts).remote(
         cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum)
-    return Services(scorer, forum, trials)
+    # one call at a time (Ray's default for a sync actor): a reservation's check and record are one step
+    budget = ray.remote(num_cpus=0)(BudgetAuthority).options(name=BUDGET, **opts).remote(
+        cfg.researcher, cfg.budget.dollars, str(run_dir / "private" / "budget.json"))
+    return Services(scorer, forum, trials, budget)
 
 
 def outcome_of_failure(e: Exception) -> TrialOutcome:
