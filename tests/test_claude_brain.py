@@ -6,8 +6,12 @@ The executor here is a tiny scripted stand-in for the researcher's: it validates
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -538,25 +542,119 @@ def test_temperature_is_sent_when_set(api):
 
 
 @pytest.mark.slow  # a real MLflow store: ~10-20 s of import and schema creation on a 2-core box
-def test_mlflow_autolog_traces_calls_without_the_key(api, tmp_path, monkeypatch):
+def test_every_call_is_one_mlflow_trace_tagged_linked_with_retries_as_events(api, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
+    from aar_ray import tracking
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AAR_MLFLOW_DIR", str(tmp_path / "mlflow"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_MODEL_CATALOG_URI", "")  # offline: no cost-catalog download
     previous = mlflow.get_tracking_uri()
     try:
-        api.add(reply([tool_use("leaderboard", {}, id="toolu_1")]))
-        b = brain(config(mlflow_autolog=True))
-        assert b.act("traced call", []) == [ToolCall("toolu_1", "leaderboard", {})]
-        mlflow.flush_trace_async_logging()
-        exp = mlflow.get_experiment_by_name("claude-traces")
-        traces = mlflow.search_traces(locations=[exp.experiment_id], return_type="list")
-        assert len(traces) == 1 and [s.name for s in traces[0].data.spans] == ["Messages.create"]
-        assert "traced call" in traces[0].data.request
+        tr = tracking.MlflowTracker()
+        exp = tr.experiment("aar-campaign/c1")
+        run = tr.start_run(exp, "researcher r1")
+        tracer = tracking.MlflowCallTracer("aar-campaign/c1", {tracking.TRACE_CAMPAIGN: "c1",
+                                                               tracking.TRACE_RESEARCHER: "r1"}, run_id=run)
+        api.add(error(529, "overloaded_error", "Overloaded"),
+                reply([tool_use("submit_method", COMPOSITION, id="toolu_1"), tool_use("leaderboard", {}, id="toolu_2")],
+                      usage=usage(1000, 20)),
+                reply([tool_use("read_forum", {}, id="toolu_3")]), error(400, "invalid_request_error", "no"))
+        b = ClaudeBrain(config(), "You research W2S.", researcher="r1", tracer=tracer)
+        calls = b.act("traced call", [])
+        results = [ToolResult("toolu_1", "submit_method", {"trial_id": "t-abc", "status": "queued"}),
+                   ToolResult("toolu_2", "leaderboard", {"leaderboard": []})]
+        b.on_results(results)  # what the researcher does once the calls ran
+        b.act("next", results)
+        with pytest.raises(BrainError):
+            b.act("again", [ToolResult("toolu_3", "read_forum", {"findings": []})])
+        b.close()
+        assert len(calls) == 2 and len(api.requests) == 4
+
+        traces = sorted(mlflow.search_traces(locations=[exp], return_type="list"), key=lambda t: t.info.tags["aar.call"])
+        assert len(traces) == 3  # one per call: the retried one, the next one, and the refused one
+        first, second, refused = traces
+        for t in traces:
+            assert {k: t.info.tags.get(k) for k in (tracking.TRACE_CAMPAIGN, tracking.TRACE_RESEARCHER, tracking.TRACE_RUN)} \
+                == {tracking.TRACE_CAMPAIGN: "c1", tracking.TRACE_RESEARCHER: "r1", tracking.TRACE_RUN: run}
+            assert t.info.trace_metadata["mlflow.sourceRun"] == run  # the run's Traces tab lists it
+        assert first.info.tags[tracking.TRACE_TRIALS] == "t-abc" and tracking.TRACE_TRIALS not in second.info.tags
+        span = first.data.spans[0]
+        assert [(e.name, e.attributes["attempt"], e.attributes["reason"]) for e in span.events] == [
+            ("retry", 1, "HTTP 529 overloaded_error: Overloaded")]
+        assert span.inputs["messages"][0]["content"][0]["text"] == "traced call"
+        assert [b_["name"] for b_ in span.outputs["content"]] == ["submit_method", "leaderboard"]
+        assert span.get_attribute("mlflow.llm.cost")["total_cost"] == pytest.approx((1000 * 2.0 + 20 * 10.0) / 1e6)
+        assert second.data.spans[0].events == [] and str(refused.info.state) in ("ERROR", "TraceState.ERROR")
+        assert len(mlflow.search_traces(locations=[exp], run_id=run, return_type="list")) == 3
         written = [p for p in tmp_path.rglob("*") if p.is_file()]
         assert {p.relative_to(tmp_path).parts[0] for p in written} == {"mlflow"}  # nothing beside the store
         assert all(KEY.encode() not in p.read_bytes() for p in written)
     finally:
-        mlflow.anthropic.autolog(disable=True)
         mlflow.set_tracking_uri(previous)
+
+
+class _Scorer:
+    """Stand-in for the scorer: these tools never reach it; the observation asks for the query count."""
+
+    def queries_left(self, rid: str) -> int:
+        return 3
+
+
+def test_a_restarted_researcher_answers_the_calls_that_ran_with_their_real_results(api, tmp_path):
+    from aar_ray.agents.researcher import Researcher, ToolExecutor
+    from aar_ray.forum import Forum
+
+    forum = Forum(tmp_path / "forum.db", n_seeds=2)
+    forum.post_finding("r9", "naive is the floor to beat")
+    budget = ResearcherBudget(idle_wait_s=0.0)
+    api.add(reply([tool_use("read_forum", {}, id="toolu_1"), tool_use("post_finding", {"text": "calibrate"}, id="toolu_2")]),
+            reply([tool_use("finish", {"summary": "done"}, id="toolu_3")]))
+
+    def researcher() -> Researcher:  # a new actor process: everything it knows comes from the forum
+        ex = ToolExecutor("r0", forum, _Scorer(), None, budget, None, None, [0, 1])
+        return Researcher("r0", brain(), ex, budget, time.time() + 600, tmp_path / "transcripts")
+
+    researcher().step()  # one reply, both of its calls executed and saved; then the actor dies
+    out = researcher().run()
+    assert out["outcome"] == "finished"
+    sent = [b_ for b_ in api.bodies[1]["messages"][2]["content"] if b_["type"] == "tool_result"]
+    assert [r["tool_use_id"] for r in sent] == ["toolu_1", "toolu_2"] and not any(r.get("is_error") for r in sent)
+    assert "naive is the floor to beat" in sent[0]["content"] and json.loads(sent[1]["content"]) == {"finding_id": 2}
+    # one transcript across the restart: appended, never overwritten
+    events = [json.loads(line) for line in (tmp_path / "transcripts" / "r0.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events] == ["api_call", "tool", "tool", "restored", "api_call", "tool", "outcome"]
+    assert events[3]["results"] == 2 and events[-1]["outcome"] == "finished"
+
+
+def test_unknown_model_stops_the_campaign_with_a_config_error(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "AAR_RUNS_DIR": str(tmp_path / "runs")}
+    proc = subprocess.run([sys.executable, "-m", "aar_ray", "campaign", str(root / "experiments/quick.yaml"),
+                           "brain=claude", "claude.model=nope"], capture_output=True, text=True, env=env, timeout=120)
+    priced = ", ".join(sorted(ClaudeConfig().prices))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"aar: config error: claude.model: 'nope' has no entry in claude.prices (priced: {priced})"
+    assert "claude-opus-4-6" in priced and not (tmp_path / "runs").exists()
+
+
+def test_opus_4_6_is_priced():
+    assert ClaudeConfig(model="claude-opus-4-6").prices["claude-opus-4-6"] == ModelPrice(5.0, 25.0, 6.25, 0.5)
+
+
+def test_a_campaign_prompt_states_budgets_deadline_seeds_and_fidelity():
+    import calendar
+
+    from aar_ray.campaign.researchers import budget_lines
+    from aar_ray.config import CampaignConfig, load_config
+
+    cfg = load_config(CampaignConfig, None, ["scoring.query_budget=7", "researcher.dollars=2.5", "budget.dollars=20",
+                                             "researcher.tokens=300000", "budget.deadline_s=3600", "budget.trials=30"])
+    deadline = calendar.timegm((2030, 1, 2, 3, 4, 0))
+    prompt = system_prompt("loss design", researcher="r2", budgets=budget_lines(cfg, deadline), n_seeds=3)
+    for phrase in ["- scored queries: 7 (every submission that returns a score is one",
+                   "- LLM dollars: $2.50 for you, $20.00 for all researchers together",
+                   "- LLM tokens: 300,000", "- deadline: 2030-01-02 03:04 UTC (60 minutes of research",
+                   "- campaign trials: 30", "Each trial is scored on 3 seeds chosen by the harness",
+                   'Fidelity: "quick" trains with a quarter of the epochs', "Do not try to choose seeds"]:
+        assert phrase in prompt, phrase
