@@ -43,12 +43,11 @@ def shared_cache(tmp_path_factory):
 
 
 def _env(tmp: Path, **extra) -> dict:
-    env = {**os.environ, "AAR_CACHE_DIR": str(_CACHE.get("dir", tmp / "cache")), "AAR_RUNS_DIR": str(tmp / "runs"),
-           "AAR_MLFLOW_DIR": str(tmp / "mlflow"), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "",
-           "PYTHONUNBUFFERED": "1", **extra}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("ANTHROPIC_API_KEY", None)
-    return env
+    """A campaign subprocess's environment: its own store, runs and cache; no key unless `extra` sets one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ANTHROPIC_API_KEY")}
+    return {**env, "AAR_CACHE_DIR": str(_CACHE.get("dir", tmp / "cache")), "AAR_RUNS_DIR": str(tmp / "runs"),
+            "AAR_MLFLOW_DIR": str(tmp / "mlflow"), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1",
+            **extra}
 
 
 def _campaign(tmp: Path, *overrides: str, timeout: int = 600, **env) -> subprocess.CompletedProcess:
