@@ -53,6 +53,7 @@ import anthropic
 from aar_ray import vault
 from aar_ray.agents.base import APIUnavailable, BrainError, BudgetExceeded, Spend, ToolCall, ToolResult, call
 from aar_ray.agents.tools import TOOLS
+from aar_ray.budget import BudgetAuthority
 from aar_ray.config import ClaudeConfig, ResearcherBudget
 from aar_ray.tracking import TRACE_TRIALS, CallTrace, CallTracer
 
@@ -119,8 +120,6 @@ class ClaudeBrain:
     def __init__(self, cfg: ClaudeConfig, system_prompt: str, seed: int = 0,
                  budget: ResearcherBudget = ResearcherBudget(), *, researcher: str = "researcher",
                  api_key: str | None = None, authority: Any = None, tracer: CallTracer | None = None):
-        from aar_ray.budget import BudgetAuthority
-
         self._key = api_key or vault.get(KEY_ENV)
         if not self._key:
             raise BrainError(f"{KEY_ENV} is not set")

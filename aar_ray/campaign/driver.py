@@ -267,10 +267,7 @@ def run_campaign(cfg: CampaignConfig) -> Path:
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
     try:
         env = worker_env()
-        # in memory: researchers (the API key) and MLflow clients (credentials) ask it; the handle is
-        # held to the end, since an actor whose last handle is dropped is stopped
-        keeper = vault.start_vault(vault.from_env()) if vault.from_env() else None  # noqa: F841
-        svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env)
+        svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env, vault.from_env())
         ray.get(svc.forum.set_stop.remote(False))
         score_baselines(run, svc)
         resubmit_unfinished(run, svc)
