@@ -23,6 +23,7 @@ MLFLOW_SECRETS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 SECRETS = (ANTHROPIC_KEY, "ANTHROPIC_AUTH_TOKEN", *MLFLOW_SECRETS)
 """Environment variables that are secrets: never in a runtime_env, never inherited by Ray."""
 VAULT = "aar-vault"  # the named actor, in the campaign's namespace
+ASK = "AAR_VAULT"  # set (to VAULT) in a campaign's worker env when it has a vault: only then is it asked
 
 _known: dict[str, str] = {}  # name -> value this process has seen (for `scrub`)
 _given: dict[str, str] = {}  # name -> value the vault gave this process
@@ -71,12 +72,14 @@ def start_vault(values: dict[str, str]):
 
 
 def _from_vault(name: str) -> str | None:
+    if not os.environ.get(ASK):
+        return None
     try:
         import ray
 
         if not ray.is_initialized():
             return None
-        return ray.get(ray.get_actor(VAULT).get.remote(name))
+        return ray.get(ray.get_actor(os.environ[ASK]).get.remote(name))
     except (ImportError, ValueError):  # no Ray, or no vault in this namespace
         return None
 

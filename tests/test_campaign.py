@@ -55,6 +55,28 @@ def _campaign(tmp: Path, *overrides: str, timeout: int = 600, **env) -> subproce
                            *SMALL, *overrides], capture_output=True, text=True, env=_env(tmp, **env), timeout=timeout)
 
 
+def _kill_processes_of(marker: str) -> None:
+    """SIGKILL, by pid, every process whose command line names `marker` (a test's private Ray temp dir:
+    each Ray process names it)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _kill_campaign(proc: subprocess.Popen, ray_tmp: str) -> None:
+    """SIGKILL a campaign: its driver's process group, then the local Ray it started."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _kill_processes_of(ray_tmp)
+
+
 def _client(tmp: Path):
     from mlflow.tracking import MlflowClient
 
@@ -181,9 +203,7 @@ def test_sigkill_mid_campaign_then_resume_records_every_trial_once(tmp_path):
             if scored >= 1:
                 break
     assert scored >= 1, "no researcher trial was scored before the kill"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver...
-    proc.wait()
-    subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True)  # ...and the local Ray it started
+    _kill_campaign(proc, ray_tmp)
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "(resumed)" in resumed.stdout.splitlines()[0]
@@ -243,7 +263,7 @@ def test_ray_job_submit_on_a_loopback_head(tmp_path):
         assert len(runs["campaign"]) == 1 and len(runs["trial"]) >= 3  # 2 baselines + the researcher's trials
     finally:
         # stop only this cluster: every process it started carries its temp dir on the command line
-        subprocess.run(["pkill", "-9", "-f", str(temp)], capture_output=True, timeout=60)
+        _kill_processes_of(str(temp))
 
 
 @pytest.mark.slow

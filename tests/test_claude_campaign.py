@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import pytest
 
 from aar_ray import tracking
 from tests.messages_api_server import MessagesAPIServer, error, hang, raw, reply, text, tool_use, usage
-from test_campaign import ROOT, SMALL, _client, _env, _runs
+from test_campaign import ROOT, SMALL, _client, _env, _kill_campaign, _runs
 
 KEY = "sk-ant-api03-PLANTED-e2e-4b1d9c0f7a2e-must-never-touch-disk"
 PASSWORD = "mlflow-PLANTED-pw-93c1e5aa0d"
@@ -62,23 +61,6 @@ def _script(arrived: threading.Event) -> list:
             error(529, "overloaded_error", "Overloaded"),
             reply([tool_use("get_results", {}, id="toolu_e")]),
             kill_point]
-
-
-def _kill_campaign(proc: subprocess.Popen, ray_tmp: str) -> None:
-    """SIGKILL the driver's process group, then every process of the Ray it started (each names its
-    private temp dir on its command line), by pid."""
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if ray_tmp.encode() in cmdline:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _files_holding(roots: list[Path], *needles: str) -> list[str]:
@@ -183,6 +165,8 @@ def _check_traces(api: MessagesAPIServer, tmp: Path) -> None:
     runs = _runs(client, CID)
     (researcher,) = runs["researcher"]
     assert researcher.data.tags["outcome"] == "budget_exceeded"
+    spent = json.loads((tmp / "runs" / CID / "private" / "budget.json").read_text())["spent"]["r0"]
+    assert researcher.data.metrics["dollars"] == pytest.approx(spent["dollars"])  # the authority's count
     exp = researcher.data.tags[tracking.TRACE_EXPERIMENT]
     mlflow.set_tracking_uri(client.tracking_uri)
     traces = sorted(mlflow.search_traces(locations=[exp], return_type="list"), key=lambda t: int(t.info.tags["aar.call"]))

@@ -71,6 +71,8 @@ def worker_env() -> dict[str, str]:
     for k in ("ANTHROPIC_BASE_URL", "MLFLOW_TRACKING_USERNAME"):  # not secrets
         if os.environ.get(k):
             env[k] = os.environ[k]
+    if vault.from_env():  # the campaign will have a vault (`start_services`): actors may ask it
+        env[vault.ASK] = vault.VAULT
     return env
 
 
@@ -88,8 +90,9 @@ def connect_ray(cfg: CampaignConfig, namespace: str) -> bool:
         return False
     kw = {"num_cpus": cfg.ray.num_cpus or None, "num_gpus": cfg.ray.num_gpus or None,
           "_temp_dir": os.environ.get("AAR_RAY_TMPDIR") or None}  # a private temp dir isolates this Ray
+    env = worker_env()
     with vault.withheld():  # the raylet, and every worker it starts, inherits this environment: no secrets
-        ray.init(namespace=namespace, runtime_env={"env_vars": worker_env()}, include_dashboard=False,
+        ray.init(namespace=namespace, runtime_env={"env_vars": env}, include_dashboard=False,
                  log_to_driver=False, **{k: v for k, v in kw.items() if v is not None})
     return True
 
@@ -244,11 +247,14 @@ def log_summary(run: Run, svc: Services, outcomes: dict[str, dict]) -> None:
         metrics["best_human_test_pgr_mean"] = max(human)
     tracker.log_metrics(run.campaign_run, metrics)
     snap = ray.get(svc.trials.snapshot.remote())
+    spend = ray.get(svc.budget.status.remote())["by_researcher"]  # the authority's: calls lost in a crash included
     for rid in run.rids:
         rrun = run.researcher_runs[rid]
         o = snap["owners"].get(rid, {})
         tracker.log_metrics(rrun, {"gpu_seconds": o.get("gpu_seconds", 0.0),
-                                   "trials": sum(1 for r in results if r["researcher"] == rid)})
+                                   "trials": sum(1 for r in results if r["researcher"] == rid),
+                                   **({"dollars": spend[rid]["dollars"], "tokens": spend[rid]["tokens"]}
+                                      if rid in spend else {})})
         if rid in outcomes:
             tracker.set_tags(rrun, {"outcome": outcomes[rid]["outcome"]})
         tracker.end_run(rrun)
