@@ -337,9 +337,9 @@ class ResearcherBudget:
     gpu_seconds: float = 1e9
     """GPU-seconds its jobs may use (from the pool's accounting)."""
     tokens: int = 2_000_000
-    """LLM tokens: input + output + cache writes + cache reads."""
+    """LLM tokens: input + output + cache writes + cache reads; a call that could cross it is refused."""
     dollars: float = 5.0
-    """LLM dollars, priced with `claude.prices`."""
+    """LLM dollars, priced with `claude.prices`; a call whose worst case could cross it is refused."""
     steps: int = 200
     """Brain steps (one act() each)."""
     idle_wait_s: float = 15.0
@@ -360,9 +360,11 @@ class CampaignBudget:
     gpu_seconds: float = 1e12
     """GPU-seconds of all researchers' jobs."""
     dollars: float = 50.0
-    """LLM dollars of all researchers."""
+    """LLM dollars of all researchers, held by the budget authority: a call whose worst case would cross
+    what is left is refused, and the campaign winds down."""
     deadline_s: float = 600.0
-    """Wall-clock seconds of research (the held-out stage and report come after)."""
+    """Wall-clock seconds of research from when it first started (the held-out stage and report come
+    after); a resumed campaign keeps its deadline, and the time it was down counts."""
     grace_s: float = 120.0
     """How long running trials may finish after the stop before they are cancelled."""
 
@@ -456,7 +458,11 @@ class ModelPrice:
 
 def _default_prices() -> Dict[str, ModelPrice]:
     # Anthropic's list prices (platform.claude.com model pages), US$ per MTok.
+    # Claude Opus 4.6, the model of Anthropic's Automated Alignment Researchers work: $5 input, $25 output
+    # (https://platform.claude.com/docs/en/models/opus-4-6/overview); cache write and read at the standard
+    # 1.25x and 0.1x of input (the figures the same pages give for Opus 4.5 and Opus 5, also $5 / $25).
     return {
+        "claude-opus-4-6": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
         "claude-sonnet-5-5": ModelPrice(input=2.0, output=10.0, cache_write=2.5, cache_read=0.2),
         "claude-sonnet-5": ModelPrice(input=2.0, output=10.0, cache_write=2.5, cache_read=0.2),
         "claude-opus-4-5": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
@@ -479,7 +485,8 @@ class ClaudeConfig:
     timeout_s: float = 300.0
     """Per-request timeout in seconds."""
     max_retries: int = 6
-    """Retries after a 429, 5xx, 529, connection error or timeout before giving up (BrainError)."""
+    """Retries after a 429, 5xx, 529, connection error (reset, truncated body), timeout or malformed reply
+    before the researcher ends (`api_unavailable`)."""
     backoff_base_s: float = 2.0
     """First retry's backoff; it doubles per retry, with seeded jitter in [50%, 100%]."""
     backoff_max_s: float = 60.0
@@ -498,10 +505,11 @@ class ClaudeConfig:
     """The running summary keeps its newest lines within this many characters."""
     prices: Dict[str, ModelPrice] = field(default_factory=_default_prices)
     """US$ per million tokens, by model id."""
-    mlflow_autolog: bool = False
-    """Trace every call to MLflow (`mlflow.anthropic.autolog`) so the MLflow UI shows it."""
-    mlflow_experiment: str = "claude-traces"
-    """MLflow experiment that receives the traces (e.g. the campaign's)."""
+    trace: bool = True
+    """Record every Messages API call of a campaign as an MLflow trace (request, reply, usage, price,
+    retries as events), tagged with the campaign, researcher and trial ids and linked to the researcher's run."""
+    trace_experiment: str = ""
+    """MLflow experiment of the traces; empty: the campaign's own experiment."""
 
     def __post_init__(self) -> None:
         _check(self.model in self.prices, "claude.model", f"{self.model!r} has no entry in claude.prices "
@@ -519,7 +527,6 @@ class ClaudeConfig:
         _check(self.max_context_tokens >= 1000, "claude.max_context_tokens",
                f"must be >= 1000, got {self.max_context_tokens}")
         _check(self.max_result_chars >= 100, "claude.max_result_chars", f"must be >= 100, got {self.max_result_chars}")
-        _check(bool(self.mlflow_experiment), "claude.mlflow_experiment", "must be non-empty")
         _check(self.summary_max_chars >= 200, "claude.summary_max_chars", f"must be >= 200, got {self.summary_max_chars}")
 
 

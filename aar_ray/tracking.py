@@ -6,8 +6,11 @@ content key as a tag, so recording the same trial twice never creates a second r
 
 Store: `MLFLOW_TRACKING_URI` when set (a remote `mlflow server` for clusters; workers log there
 too), else a sqlite database in the project-local `.mlflow/` directory.
-Secrets: values of environment variables named like keys, tokens, secrets or passwords are
-redacted from every param, tag and text artifact before it leaves the process.
+Secrets: values of environment variables named like keys, tokens, secrets or passwords, and every
+secret this process got from the campaign's vault (`aar_ray.vault`), are redacted from every param,
+tag and text artifact before it leaves the process. An MLflow client in a Ray actor gets its
+credentials from the vault, never from a runtime_env (Ray logs those).
+Traces: `MlflowCallTracer` records each Claude Messages API call as one MLflow trace (see there).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from aar_ray import vault
 from aar_ray.config import PROJECT_ROOT, flatten, to_dict, to_yaml
 from aar_ray.home import mlflow_dir
 
@@ -55,7 +59,8 @@ def tracking_uri() -> str:
 
 
 def _secrets() -> list[str]:
-    return [v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 6]
+    env = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 6}
+    return sorted(env | set(vault.known_values()), key=len, reverse=True)
 
 
 def redact(value: Any) -> Any:
@@ -177,6 +182,7 @@ class MlflowTracker(Tracker):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 
+        vault.install_mlflow_credentials()  # in a campaign's actor: from the vault, in memory
         self.uri = uri or tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
 
@@ -455,18 +461,100 @@ def record_w2s(cfg, result, tracker: Tracker | None = None) -> dict[str, Recorde
     return out
 
 
-def enable_anthropic_autolog(experiment: str) -> None:
-    """Trace every anthropic Messages call of this process to MLflow (ClaudeBrain's `mlflow_autolog`).
+# ---------- traces: one per Claude Messages API call ----------
 
-    Traces go to `experiment` (created like the tracker's, so a local store keeps their artifacts
-    beside its database). They hold the request body and the reply, never the request headers, so
-    the API key is not recorded.
-    """
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-    import mlflow.anthropic
+TRACE_CAMPAIGN = "aar.campaign_id"
+TRACE_RESEARCHER = "aar.researcher"
+TRACE_RUN = "aar.run_id"  # the researcher's MLflow run
+TRACE_TRIALS = "aar.trial_ids"  # trials its reply's submit_method calls created (comma-separated)
+TRACE_EXPERIMENT = "aar.trace_experiment"  # on a researcher run: the experiment id holding its traces
 
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=MlflowTracker(uri).experiment(experiment))
-    mlflow.anthropic.autolog()
+
+class CallTrace:
+    """One traced API call. This base class records nothing."""
+
+    trace_id: str | None = None
+
+    def event(self, name: str, **attributes: Any) -> None:
+        """Something that happened during the call (a retry)."""
+
+    def end(self, outputs: Any = None, usage: dict | None = None, cost: dict | None = None,
+            error: str | None = None) -> None:
+        """The call's reply (or its error), token usage and price."""
+
+
+class CallTracer:
+    """Traces API calls. This base class records nothing (unit tests; `claude.trace=false`)."""
+
+    def start(self, name: str, inputs: dict, tags: dict[str, str] | None = None) -> CallTrace:
+        return CallTrace()
+
+    def tag(self, trace_id: str | None, tags: dict[str, str]) -> None:
+        """Tags learnt after the call ended (the trial ids its tool calls created)."""
+
+    def flush(self) -> None:
+        """Everything traced so far is in the store."""
+
+
+class _MlflowCallTrace(CallTrace):
+    def __init__(self, span: Any):
+        self.span = span
+        self.trace_id = span.trace_id
+
+    def event(self, name: str, **attributes: Any) -> None:
+        from mlflow.entities import SpanEvent
+
+        self.span.add_event(SpanEvent(name, attributes={k: redact(v) for k, v in attributes.items()}))
+
+    def end(self, outputs: Any = None, usage: dict | None = None, cost: dict | None = None,
+            error: str | None = None) -> None:
+        from mlflow.tracing.constant import SpanAttributeKey
+
+        if usage is not None:
+            self.span.set_attribute(SpanAttributeKey.CHAT_USAGE, usage)
+        if cost is not None:  # our own price (MLflow prices only spans naming a model, which these do not)
+            self.span.set_attribute(SpanAttributeKey.LLM_COST, cost)
+        if error is not None:
+            self.span.set_attribute("aar.error", redact(error))
+        self.span.end(outputs=redact(outputs), status="ERROR" if error is not None else "OK")
+
+
+class MlflowCallTracer(CallTracer):
+    """Each call is one MLflow trace (a CHAT_MODEL span) in `experiment`, tagged with `tags` (campaign,
+    researcher) and linked to `run_id` (the researcher's run: its Traces tab lists them). Retries are
+    span events. Traces are written synchronously when a call ends, so one is in the store before its
+    reply is acted on and none is lost when the actor exits; `flush` covers async logging if a process
+    had turned it on before."""
+
+    def __init__(self, experiment: str, tags: dict[str, str], run_id: str | None = None, uri: str | None = None):
+        os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"  # read when tracing first starts
+        import mlflow
+
+        self.tracker = MlflowTracker(uri)
+        mlflow.set_tracking_uri(self.tracker.uri)
+        self.experiment_id = self.tracker.experiment(experiment)
+        self.tags = {k: str(v) for k, v in tags.items()}
+        if run_id:
+            self.tags[TRACE_RUN] = run_id
+        self.run_id = run_id
+
+    def start(self, name: str, inputs: dict, tags: dict[str, str] | None = None) -> CallTrace:
+        import mlflow
+        from mlflow.entities import SpanType
+
+        metadata = {"mlflow.sourceRun": self.run_id} if self.run_id else None
+        span = mlflow.start_span_no_context(name, span_type=SpanType.CHAT_MODEL, inputs=redact(inputs),
+                                            tags={**self.tags, **(tags or {})}, metadata=metadata,
+                                            experiment_id=self.experiment_id)
+        return _MlflowCallTrace(span)
+
+    def tag(self, trace_id: str | None, tags: dict[str, str]) -> None:
+        if trace_id:
+            self.flush()
+            for k, v in tags.items():
+                self.tracker.client.set_trace_tag(trace_id, k, str(v))
+
+    def flush(self) -> None:
+        import mlflow
+
+        mlflow.flush_trace_async_logging()

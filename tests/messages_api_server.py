@@ -3,7 +3,13 @@
 It replays a script, one step per request to POST /v1/messages:
 - `reply(content, ...)`: a 200 with a full Message body;
 - `error(status, type, message, headers)`: an error status with the API's JSON error body;
-- `hang(seconds, then)`: waits (longer than the client's timeout), then answers `then`.
+- `hang(seconds, then)`: waits (longer than the client's timeout), then answers `then`;
+- `raw(data, status)`: exactly these bytes as the body (e.g. invalid JSON on a 200);
+- `truncated(step, keep)`: the step's body cut after `keep` bytes, its full length announced, then the
+  connection closed (a body cut short in transit);
+- `reset()`: the connection closed at once, with a TCP reset, and no response;
+- a callable: called with the request body, it returns the step to answer (a step computed from
+  what the client sent, or one that signals the test).
 Like the real API it answers 401 without an `x-api-key` or `Authorization: Bearer` header, and 400
 when the conversation breaks the tool_use/tool_result pairing rules (so a brain that sends an
 invalid request fails loudly here too). Every request is recorded (`requests`) for assertions.
@@ -13,6 +19,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +63,18 @@ def error(status: int, type: str, message: str = "scripted error", headers: dict
 
 def hang(seconds: float, then: dict | None = None) -> dict:
     return {"delay": seconds, **(then or error(500, "api_error", "answered after a hang"))}
+
+
+def raw(data: bytes, status: int = 200) -> dict:
+    return {"status": status, "raw": data, "headers": {}}
+
+
+def truncated(step: dict, keep: int) -> dict:
+    return {**step, "truncate": keep}
+
+
+def reset() -> dict:
+    return {"reset": True}
 
 
 def check_messages(body: dict) -> str | None:
@@ -134,6 +154,8 @@ class MessagesAPIServer:
                     return self._send(error(400, "invalid_request_error", problem))
                 with server._lock:
                     step = server.script.pop(0) if server.script else None
+                if callable(step):
+                    step = step(body)
                 if step is None:
                     return self._send(error(400, "invalid_request_error", "script exhausted: no response left"))
                 if step.get("delay"):
@@ -141,7 +163,12 @@ class MessagesAPIServer:
                 self._send(step)
 
             def _send(self, step: dict) -> None:
-                data = json.dumps(step["body"]).encode()
+                if step.get("reset"):
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                data = step["raw"] if "raw" in step else json.dumps(step["body"]).encode()
                 try:
                     self.send_response(step["status"])
                     self.send_header("content-type", "application/json")
@@ -150,8 +177,20 @@ class MessagesAPIServer:
                     for k, v in step.get("headers", {}).items():
                         self.send_header(k, str(v))
                     self.end_headers()
+                    if "truncate" in step:
+                        self.wfile.write(data[:step["truncate"]])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                except (BrokenPipeError, ConnectionResetError, OSError):  # the client timed out and left
+                    pass
+
+            def finish(self) -> None:  # the socket may be closed already (reset, truncate)
+                try:
+                    super().finish()
+                except OSError:
                     pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -43,17 +43,38 @@ def shared_cache(tmp_path_factory):
 
 
 def _env(tmp: Path, **extra) -> dict:
-    env = {**os.environ, "AAR_CACHE_DIR": str(_CACHE.get("dir", tmp / "cache")), "AAR_RUNS_DIR": str(tmp / "runs"),
-           "AAR_MLFLOW_DIR": str(tmp / "mlflow"), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "",
-           "PYTHONUNBUFFERED": "1", **extra}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("ANTHROPIC_API_KEY", None)
-    return env
+    """A campaign subprocess's environment: its own store, runs and cache; no key unless `extra` sets one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "ANTHROPIC_API_KEY")}
+    return {**env, "AAR_CACHE_DIR": str(_CACHE.get("dir", tmp / "cache")), "AAR_RUNS_DIR": str(tmp / "runs"),
+            "AAR_MLFLOW_DIR": str(tmp / "mlflow"), "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "", "PYTHONUNBUFFERED": "1",
+            **extra}
 
 
 def _campaign(tmp: Path, *overrides: str, timeout: int = 600, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aar_ray", "campaign", str(ROOT / "experiments/quick.yaml"),
                            *SMALL, *overrides], capture_output=True, text=True, env=_env(tmp, **env), timeout=timeout)
+
+
+def _kill_processes_of(marker: str) -> None:
+    """SIGKILL, by pid, every process whose command line names `marker` (a test's private Ray temp dir:
+    each Ray process names it)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _kill_campaign(proc: subprocess.Popen, ray_tmp: str) -> None:
+    """SIGKILL a campaign: its driver's process group, then the local Ray it started."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _kill_processes_of(ray_tmp)
 
 
 def _client(tmp: Path):
@@ -188,9 +209,7 @@ def test_sigkill_mid_campaign_then_resume_records_every_trial_once(tmp_path):
             if scored >= 1:
                 break
     assert scored >= 1, "no researcher trial was scored before the kill"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver...
-    proc.wait()
-    subprocess.run(["pkill", "-9", "-f", ray_tmp], capture_output=True)  # ...and the local Ray it started
+    _kill_campaign(proc, ray_tmp)
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "(resumed)" in resumed.stdout.splitlines()[0]
@@ -296,7 +315,7 @@ def test_ray_job_submit_stop_and_resubmit_keep_results_in_the_lasting_home(tmp_p
         assert "campaign: job (resumed)" in second.stdout
         assert re.search(rf"report: {re.escape(str(runs_dir / 'report.md'))}", second.stdout)
     finally:
-        subprocess.run(["pkill", "-9", "-f", str(temp)], capture_output=True, timeout=60)
+        _kill_processes_of(str(temp))  # stop only this cluster: its processes carry its temp dir
     # in the lasting home, with the checkout's SHA; every finished trial recorded once and kept
     from mlflow.tracking import MlflowClient
 

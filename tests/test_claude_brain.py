@@ -6,18 +6,24 @@ The executor here is a tiny scripted stand-in for the researcher's: it validates
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from aar_ray.agents.base import BrainError, BudgetExceeded, Spend, ToolCall, ToolResult
+from aar_ray.agents.base import APIUnavailable, BrainError, BudgetExceeded, Spend, ToolCall, ToolResult
 from aar_ray.agents.claude import SUMMARY_HEADER, ClaudeBrain
 from aar_ray.config import ClaudeConfig, ModelPrice, ResearcherBudget
 from aar_ray.agents.prompts import system_prompt
 from aar_ray.agents.tools import TOOLS, validate
 from aar_ray.config import ConfigError
-from tests.messages_api_server import MessagesAPIServer, check_messages, error, hang, reply, text, tool_use, usage
+from aar_ray.budget import BudgetAuthority
+from tests.messages_api_server import (MessagesAPIServer, check_messages, error, hang, raw, reply, reset, text, tool_use,
+                                       truncated, usage)
 
 KEY = "sk-ant-api03-test-KEY-0123456789-never-leak"
 EPH = {"type": "ephemeral"}
@@ -189,11 +195,15 @@ def test_500_and_529_back_off_exponentially_with_seeded_jitter(api):
     assert len(api.requests) == 3
 
 
-def test_retries_exhausted_raise_brain_error_and_leave_conversation_untouched(api):
+def test_sustained_overload_ends_with_the_fault_and_retry_count_and_leaves_conversation_untouched(api):
     api.add(*[error(529, "overloaded_error", "Overloaded")] * 3)
     b = brain(config(max_retries=2))
-    with pytest.raises(BrainError, match="failed after 3 attempts; last: HTTP 529 overloaded_error: Overloaded"):
+    with pytest.raises(APIUnavailable) as info:
         b.act("start", [])
+    assert str(info.value) == ("Messages API failed after 2 retries (3 attempts); "
+                               "last fault: HTTP 529 overloaded_error: Overloaded")
+    assert info.value.kind == "api_unavailable" and isinstance(info.value, BrainError)
+    assert (info.value.fault, info.value.retries) == ("HTTP 529 overloaded_error: Overloaded", 2)
     assert len(api.requests) == 3 and [r["attempt"] for r in b.retries] == [1, 2]
     assert b.messages == [] and b.spend == Spend()
     api.add(reply([tool_use("leaderboard", {}, id="toolu_1")]))  # the same act can simply be retried
@@ -217,6 +227,27 @@ def test_timeout_is_retried(api):
     assert time.monotonic() - t0 < 2.5  # did not wait for the hung response
     assert [(r["attempt"], r["reason"]) for r in b.retries] == [(1, "timeout after 0.3s")]
     assert len(api.requests) == 2
+
+
+@pytest.mark.parametrize("broken,reason", [
+    (raw(b'{"id": "msg_1", "type": "mess'), "malformed reply: JSONDecodeError: Unterminated string"),  # 200, bad JSON
+    (raw(b"<html>502 Bad Gateway</html>"), "malformed reply: JSONDecodeError: Expecting value"),
+    (raw(b"{}"), "malformed reply: the body has no content or no usage"),  # 200, JSON, not a Message
+    (truncated(reply([text("cut short")]), 40), "connection error: RemoteProtocolError: peer closed connection"),
+    (reset(), "connection error: ReadError: [Errno 104] Connection reset by peer"),
+])
+def test_broken_replies_and_connections_are_retried_like_5xx(api, broken, reason):
+    api.add(broken, reply([tool_use("leaderboard", {}, id="toolu_1")]))
+    b = brain(seed=3)
+    events = []
+    b.listen(lambda kind, **data: events.append((kind, data)))
+    assert b.act("start", []) == [ToolCall("toolu_1", "leaderboard", {})]
+    assert len(b.retries) == 1 and b.retries[0]["reason"].startswith(reason), b.retries
+    jitter = random.Random(3).random()
+    assert b.retries[0]["delay_s"] == 0.01 * (0.5 + 0.5 * jitter)  # the same backoff as a 5xx
+    assert len(api.requests) == 2 and api.bodies[0] == api.bodies[1]
+    assert b.spend.api_calls == 1 and len(b.messages) == 2
+    assert [k for k, _ in events] == ["api_retry", "api_call"] and events[0][1] == b.retries[0]
 
 
 def test_malformed_tool_input_is_returned_and_its_error_sent_back(api):
@@ -268,11 +299,13 @@ def test_missing_results_are_answered_as_errors(api):
 
 @pytest.mark.parametrize("kw,use,reason", [
     ({"dollars": 0.01}, usage(1000, 1000, 0, 0), r"dollar budget spent: \$0.0120 of \$0.01"),
-    ({"tokens": 500}, usage(400, 50, 0, 100), "token budget spent: 550 of 500 tokens"),
+    ({"tokens": 5000}, usage(4800, 50, 0, 300), "token budget spent: 5150 of 5000 tokens"),
 ])
 def test_reply_past_the_cap_records_spend_then_stops(api, kw, use, reason):
+    """The request was longer than its estimate: the reply crosses the cap, is paid for, and its
+    tool calls are not returned for execution."""
     api.add(reply([tool_use("submit_method", COMPOSITION, id="toolu_1")], usage=use))
-    b = brain(budget=ResearcherBudget(**kw))  # the researcher's caps are the brain's caps
+    b = brain(config(max_tokens=100), budget=ResearcherBudget(**kw))  # the researcher's caps are the brain's caps
     with pytest.raises(BudgetExceeded, match=reason):
         b.act("start", [])
     p = ModelPrice(2.0, 10.0, 2.5, 0.2)
@@ -284,6 +317,38 @@ def test_reply_past_the_cap_records_spend_then_stops(api, kw, use, reason):
     with pytest.raises(BudgetExceeded, match=reason):  # the hard stop: no further request
         b.act("next", [ToolResult("toolu_1", "submit_method", {"trial_id": "t"})])
     assert len(api.requests) == 1
+
+
+def test_a_call_whose_worst_case_could_cross_the_cap_is_never_sent(api):
+    b = brain(config(max_tokens=1000), budget=ResearcherBudget(dollars=0.01))
+    first = [user(text("start"))]
+    n = b.context_tokens(first)  # characters / 4, system prompt and tools included
+    assert 1000 < n < 4000
+    worst = (n * 2.5 + 1000 * 10.0) / 1e6  # input at the cache-write rate (the dearest), output at its rate
+    assert b.worst_case(first) == (worst, n + 1000, f"~{n} input tokens at $2.5/MTok + max_tokens 1000 at $10/MTok")
+    with pytest.raises(BudgetExceeded) as info:
+        b.act("start", [])
+    assert str(info.value) == (f"dollar budget: the next call may cost up to ${worst:.4f} (~{n} input tokens at "
+                               f"$2.5/MTok + max_tokens 1000 at $10/MTok) and only $0.0100 of $0.01 is left")
+    assert api.requests == [] and b.messages == [] and b.spend == Spend()
+
+
+def test_the_campaign_cap_binds_all_researchers_through_one_authority(api):
+    """Two researchers, one authority: the second is refused because of what the first spent."""
+    cfg = config(max_tokens=100)
+    probe = brain(cfg)
+    worst = probe.worst_case([user(text("go"))])[0]
+    authority = BudgetAuthority(ResearcherBudget(dollars=1.0), campaign_dollars=1.5 * worst)
+    b1, b2 = (ClaudeBrain(cfg, probe.system_prompt, researcher=r, authority=authority) for r in ("r1", "r2"))
+    api.add(reply([tool_use("leaderboard", {}, id="toolu_1")], usage=usage(3000, 50, 0, 0)))
+    assert b1.act("go", []) == [ToolCall("toolu_1", "leaderboard", {})]
+    spent = (3000 * 2.0 + 50 * 10.0) / 1e6
+    with pytest.raises(BudgetExceeded, match=r"^the campaign's dollar budget: the next call may cost up to"):
+        b2.act("go", [])
+    assert len(api.requests) == 1
+    status = authority.status()
+    assert status["dollars"] == pytest.approx(spent) and status["by_researcher"] == {"r1": {"dollars": spent, "tokens": 3050}}
+    assert status["exhausted"].startswith("the campaign's dollar budget: the next call may cost up to")
 
 
 def test_spend_arithmetic_uses_the_configured_price_table(api):
@@ -477,25 +542,119 @@ def test_temperature_is_sent_when_set(api):
 
 
 @pytest.mark.slow  # a real MLflow store: ~10-20 s of import and schema creation on a 2-core box
-def test_mlflow_autolog_traces_calls_without_the_key(api, tmp_path, monkeypatch):
+def test_every_call_is_one_mlflow_trace_tagged_linked_with_retries_as_events(api, tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
+    from aar_ray import tracking
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AAR_MLFLOW_DIR", str(tmp_path / "mlflow"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_MODEL_CATALOG_URI", "")  # offline: no cost-catalog download
     previous = mlflow.get_tracking_uri()
     try:
-        api.add(reply([tool_use("leaderboard", {}, id="toolu_1")]))
-        b = brain(config(mlflow_autolog=True))
-        assert b.act("traced call", []) == [ToolCall("toolu_1", "leaderboard", {})]
-        mlflow.flush_trace_async_logging()
-        exp = mlflow.get_experiment_by_name("claude-traces")
-        traces = mlflow.search_traces(locations=[exp.experiment_id], return_type="list")
-        assert len(traces) == 1 and [s.name for s in traces[0].data.spans] == ["Messages.create"]
-        assert "traced call" in traces[0].data.request
+        tr = tracking.MlflowTracker()
+        exp = tr.experiment("aar-campaign/c1")
+        run = tr.start_run(exp, "researcher r1")
+        tracer = tracking.MlflowCallTracer("aar-campaign/c1", {tracking.TRACE_CAMPAIGN: "c1",
+                                                               tracking.TRACE_RESEARCHER: "r1"}, run_id=run)
+        api.add(error(529, "overloaded_error", "Overloaded"),
+                reply([tool_use("submit_method", COMPOSITION, id="toolu_1"), tool_use("leaderboard", {}, id="toolu_2")],
+                      usage=usage(1000, 20)),
+                reply([tool_use("read_forum", {}, id="toolu_3")]), error(400, "invalid_request_error", "no"))
+        b = ClaudeBrain(config(), "You research W2S.", researcher="r1", tracer=tracer)
+        calls = b.act("traced call", [])
+        results = [ToolResult("toolu_1", "submit_method", {"trial_id": "t-abc", "status": "queued"}),
+                   ToolResult("toolu_2", "leaderboard", {"leaderboard": []})]
+        b.on_results(results)  # what the researcher does once the calls ran
+        b.act("next", results)
+        with pytest.raises(BrainError):
+            b.act("again", [ToolResult("toolu_3", "read_forum", {"findings": []})])
+        b.close()
+        assert len(calls) == 2 and len(api.requests) == 4
+
+        traces = sorted(mlflow.search_traces(locations=[exp], return_type="list"), key=lambda t: t.info.tags["aar.call"])
+        assert len(traces) == 3  # one per call: the retried one, the next one, and the refused one
+        first, second, refused = traces
+        for t in traces:
+            assert {k: t.info.tags.get(k) for k in (tracking.TRACE_CAMPAIGN, tracking.TRACE_RESEARCHER, tracking.TRACE_RUN)} \
+                == {tracking.TRACE_CAMPAIGN: "c1", tracking.TRACE_RESEARCHER: "r1", tracking.TRACE_RUN: run}
+            assert t.info.trace_metadata["mlflow.sourceRun"] == run  # the run's Traces tab lists it
+        assert first.info.tags[tracking.TRACE_TRIALS] == "t-abc" and tracking.TRACE_TRIALS not in second.info.tags
+        span = first.data.spans[0]
+        assert [(e.name, e.attributes["attempt"], e.attributes["reason"]) for e in span.events] == [
+            ("retry", 1, "HTTP 529 overloaded_error: Overloaded")]
+        assert span.inputs["messages"][0]["content"][0]["text"] == "traced call"
+        assert [b_["name"] for b_ in span.outputs["content"]] == ["submit_method", "leaderboard"]
+        assert span.get_attribute("mlflow.llm.cost")["total_cost"] == pytest.approx((1000 * 2.0 + 20 * 10.0) / 1e6)
+        assert second.data.spans[0].events == [] and str(refused.info.state) in ("ERROR", "TraceState.ERROR")
+        assert len(mlflow.search_traces(locations=[exp], run_id=run, return_type="list")) == 3
         written = [p for p in tmp_path.rglob("*") if p.is_file()]
         assert {p.relative_to(tmp_path).parts[0] for p in written} == {"mlflow"}  # nothing beside the store
         assert all(KEY.encode() not in p.read_bytes() for p in written)
     finally:
-        mlflow.anthropic.autolog(disable=True)
         mlflow.set_tracking_uri(previous)
+
+
+class _Scorer:
+    """Stand-in for the scorer: these tools never reach it; the observation asks for the query count."""
+
+    def queries_left(self, rid: str) -> int:
+        return 3
+
+
+def test_a_restarted_researcher_answers_the_calls_that_ran_with_their_real_results(api, tmp_path):
+    from aar_ray.agents.researcher import Researcher, ToolExecutor
+    from aar_ray.forum import Forum
+
+    forum = Forum(tmp_path / "forum.db", n_seeds=2)
+    forum.post_finding("r9", "naive is the floor to beat")
+    budget = ResearcherBudget(idle_wait_s=0.0)
+    api.add(reply([tool_use("read_forum", {}, id="toolu_1"), tool_use("post_finding", {"text": "calibrate"}, id="toolu_2")]),
+            reply([tool_use("finish", {"summary": "done"}, id="toolu_3")]))
+
+    def researcher() -> Researcher:  # a new actor process: everything it knows comes from the forum
+        ex = ToolExecutor("r0", forum, _Scorer(), None, budget, None, None, [0, 1])
+        return Researcher("r0", brain(), ex, budget, time.time() + 600, tmp_path / "transcripts")
+
+    researcher().step()  # one reply, both of its calls executed and saved; then the actor dies
+    out = researcher().run()
+    assert out["outcome"] == "finished"
+    sent = [b_ for b_ in api.bodies[1]["messages"][2]["content"] if b_["type"] == "tool_result"]
+    assert [r["tool_use_id"] for r in sent] == ["toolu_1", "toolu_2"] and not any(r.get("is_error") for r in sent)
+    assert "naive is the floor to beat" in sent[0]["content"] and json.loads(sent[1]["content"]) == {"finding_id": 2}
+    # one transcript across the restart: appended, never overwritten
+    events = [json.loads(line) for line in (tmp_path / "transcripts" / "r0.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events] == ["api_call", "tool", "tool", "restored", "api_call", "tool", "outcome"]
+    assert events[3]["results"] == 2 and events[-1]["outcome"] == "finished"
+
+
+def test_unknown_model_stops_the_campaign_with_a_config_error(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "AAR_RUNS_DIR": str(tmp_path / "runs")}
+    proc = subprocess.run([sys.executable, "-m", "aar_ray", "campaign", str(root / "experiments/quick.yaml"),
+                           "brain=claude", "claude.model=nope"], capture_output=True, text=True, env=env, timeout=120)
+    priced = ", ".join(sorted(ClaudeConfig().prices))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"aar: config error: claude.model: 'nope' has no entry in claude.prices (priced: {priced})"
+    assert "claude-opus-4-6" in priced and not (tmp_path / "runs").exists()
+
+
+def test_opus_4_6_is_priced():
+    assert ClaudeConfig(model="claude-opus-4-6").prices["claude-opus-4-6"] == ModelPrice(5.0, 25.0, 6.25, 0.5)
+
+
+def test_a_campaign_prompt_states_budgets_deadline_seeds_and_fidelity():
+    import calendar
+
+    from aar_ray.campaign.researchers import budget_lines
+    from aar_ray.config import CampaignConfig, load_config
+
+    cfg = load_config(CampaignConfig, None, ["scoring.query_budget=7", "researcher.dollars=2.5", "budget.dollars=20",
+                                             "researcher.tokens=300000", "budget.deadline_s=3600", "budget.trials=30"])
+    deadline = calendar.timegm((2030, 1, 2, 3, 4, 0))
+    prompt = system_prompt("loss design", researcher="r2", budgets=budget_lines(cfg, deadline), n_seeds=3)
+    for phrase in ["- scored queries: 7 (every submission that returns a score is one",
+                   "- LLM dollars: $2.50 for you, $20.00 for all researchers together",
+                   "- LLM tokens: 300,000", "- deadline: 2030-01-02 03:04 UTC (60 minutes of research",
+                   "- campaign trials: 30", "Each trial is scored on 3 seeds chosen by the harness",
+                   'Fidelity: "quick" trains with a quarter of the epochs', "Do not try to choose seeds"]:
+        assert phrase in prompt, phrase

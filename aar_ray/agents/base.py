@@ -6,7 +6,7 @@ tool calls. Both brains, Claude and offline, speak the same tools (`aar_ray.agen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,30 @@ class Spend:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
 
 
+def call(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a method on a plain object or a Ray actor handle alike (keeps Ray at the edge). An actor's
+    exception is re-raised as itself (its cause), so callers catch the types they know."""
+    fn = getattr(obj, method)
+    if hasattr(fn, "remote"):
+        import ray
+
+        try:
+            return ray.get(fn.remote(*args, **kwargs))
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, Exception):
+                raise e.cause from None
+            raise
+    return fn(*args, **kwargs)
+
+
 class Brain(Protocol):
     """Decides the next tool calls. Must be deterministic given its seed and inputs (offline) or
     driven only by the API's responses (Claude). Never raises on a bad tool result; raises
-    `BudgetExceeded` when its own spend passes the cap and `BrainError` when it cannot go on."""
+    `BudgetExceeded` when its own spend passes the cap and `BrainError` when it cannot go on.
+
+    Optional (the researcher calls them when a brain has them): `listen(fn)`, where `fn(kind, **data)`
+    receives events for the transcript (API calls, retries); `on_results(results)`, the results of the
+    calls the last `act` returned, once executed; `close()`, when the loop ends."""
 
     spend: Spend
 
@@ -110,19 +130,42 @@ class StepLimit(ResearchOutcome):
 
 
 class BrainError(ResearchOutcome):
-    """The brain cannot continue (e.g. the API keeps failing after retries)."""
+    """The brain cannot continue (e.g. the API refused a request)."""
 
     kind = "brain_error"
 
 
+class APIUnavailable(BrainError):
+    """The Messages API kept failing (overloaded, down, malformed replies) through every retry."""
+
+    kind = "api_unavailable"
+
+    def __init__(self, fault: str = "", retries: int = 0):
+        super().__init__(f"Messages API failed after {retries} retries ({retries + 1} attempts); last fault: {fault}")
+        self.fault, self.retries = fault, retries
+
+    def __reduce__(self):
+        return APIUnavailable, (self.fault, self.retries)
+
+
 @dataclass
 class Transcript:
-    """Everything a researcher did, saved in `finally` whatever ends its loop."""
+    """Everything a researcher did. With a `path`, each event is appended to that JSONL file as it
+    happens (secrets scrubbed), so a restarted researcher continues the same file and a killed one
+    loses nothing; `events` holds this run segment's events."""
 
     researcher: str
+    path: Any = None  # pathlib.Path of the JSONL file, or None (in memory only)
     events: list[dict] = field(default_factory=list)
+    scrub: Callable[[str], str] = str
 
     def add(self, kind: str, **data: Any) -> None:
+        import json
         import time
 
-        self.events.append({"t": time.time(), "kind": kind, **data})
+        event = {"t": time.time(), "kind": kind, **data}
+        self.events.append(event)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as fh:
+                fh.write(self.scrub(json.dumps(event, default=str)) + "\n")

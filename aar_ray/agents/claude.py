@@ -4,15 +4,25 @@ One `act(observation, results)` is one API call:
 1. the user turn answers every `tool_use` of the previous assistant turn with a `tool_result` (in
    order, first in the turn, as the API requires), then carries the observation text;
 2. if the conversation is too long, old turns are condensed into a summary (below);
-3. the call is retried on 429, 5xx, 529 overloaded, connection errors and timeouts;
-4. usage is priced and added to `spend`; the assistant turn is appended and its `tool_use` blocks
-   are returned as `ToolCall`s, unvalidated (the executor validates and answers errors).
+3. the call's worst-case cost is reserved with the budget authority (`aar_ray.budget`), which refuses
+   it when it could cross the researcher's or the campaign's remaining cap;
+4. the call is retried on 429, 5xx, 529 overloaded, connection errors (resets, truncated bodies),
+   timeouts and malformed replies (a 200 whose body is not a whole Message); when retries run out the
+   brain raises `APIUnavailable`, naming the last fault and the number of retries;
+5. usage is priced, added to `spend` and settled with the authority; the assistant turn is appended
+   and its `tool_use` blocks are returned as `ToolCall`s, unvalidated (the executor validates and
+   answers errors).
 A failed call leaves the conversation untouched, so `act` can be called again with the same inputs.
 
-Budgets: before a call, spend at or over `budget.dollars` / `budget.tokens` raises `BudgetExceeded`.
-A reply that pushes spend over a cap is recorded (spend and conversation) and then `BudgetExceeded`
-is raised instead of returning its tool calls: the cap is hard, and a reply is paid for whether or
-not it is acted on.
+Budgets: the worst case of a call is its request's input tokens, estimated as characters / 4 (system
+prompt and tools included; the scripted test server has no count_tokens endpoint, and counting would
+be one more API call per step) at the dearest input rate (a prompt-cache write), plus `max_tokens` at
+the output rate. A reply that still pushes spend over a cap (its request was longer than estimated)
+is recorded (spend and conversation) and then `BudgetExceeded` is raised instead of returning its
+tool calls: a reply is paid for whether or not it is acted on.
+
+Every call is one trace of the tracer (`aar_ray.tracking.MlflowCallTracer` in a campaign), retries
+are its events; `listen(fn)` hands the same events to the transcript.
 
 Context management (deterministic, no extra API call, so it costs nothing and replays exactly):
 when the conversation holds more than `max_context_turns` assistant turns, or its estimated size
@@ -24,27 +34,30 @@ dropped) become plain text, so every remaining tool_result still follows its too
 Caching: `cache_control` marks the last tool, the system prompt (the stable prefix) and the last
 block of the newest user turn (so each call reads the previous call's prefix from the cache).
 
-The API key is read from `ANTHROPIC_API_KEY` only, handed to the client, and never stored in
-`state()`, logged or put into an error message. `ANTHROPIC_BASE_URL` is honoured by the SDK.
+The API key comes from the caller (in a campaign: the vault, `aar_ray.vault`) or `ANTHROPIC_API_KEY`,
+is handed to the client, and is never stored in `state()`, logged, traced or put into an error
+message. `ANTHROPIC_BASE_URL` is honoured by the SDK.
 """
 from __future__ import annotations
 
 import copy
 import email.utils
 import json
-import os
 import random
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Callable
 
 import anthropic
 
-from aar_ray.agents.base import BrainError, BudgetExceeded, Spend, ToolCall, ToolResult
+from aar_ray import vault
+from aar_ray.agents.base import APIUnavailable, BrainError, BudgetExceeded, Spend, ToolCall, ToolResult, call
 from aar_ray.agents.tools import TOOLS
+from aar_ray.budget import BudgetAuthority
 from aar_ray.config import ClaudeConfig, ResearcherBudget
+from aar_ray.tracking import TRACE_TRIALS, CallTrace, CallTracer
 
-KEY_ENV = "ANTHROPIC_API_KEY"
+KEY_ENV = vault.ANTHROPIC_KEY
 STATE_VERSION = 1
 CUT_OFF = ("max_tokens", "model_context_window_exceeded")  # stop reasons that truncate a reply
 SUMMARY_HEADER = "[Summary of your earlier steps; their full transcript is no longer shown]"
@@ -76,16 +89,43 @@ def _retry_after(headers: Any) -> float | None:
             return None
 
 
+def _malformed(reply: Any) -> str:
+    """What makes a 200 reply unusable ('' if nothing): the SDK does not validate bodies."""
+    if not isinstance(reply, anthropic.types.Message):
+        return f"expected a Message, got {type(reply).__name__}"
+    if not isinstance(reply.content, list) or reply.usage is None:
+        return "the body has no content or no usage"
+    for b in reply.content:
+        if getattr(b, "type", None) is None:
+            return "a content block has no type"
+        if b.type == "tool_use" and not (isinstance(b.id, str) and isinstance(b.name, str)):
+            return "a tool_use block has no id or name"
+    return ""
+
+
+class _Retryable(Exception):
+    """A fault worth another attempt, with the server's retry-after hint if it gave one."""
+
+    def __init__(self, fault: str, retry_after: float | None = None):
+        super().__init__(fault)
+        self.fault, self.retry_after = fault, retry_after
+
+
 class ClaudeBrain:
-    """The Brain protocol (`aar_ray.agents.base`) on Claude. See the module docstring."""
+    """The Brain protocol (`aar_ray.agents.base`) on Claude. See the module docstring.
+
+    `authority` holds the caps (a `BudgetAuthority` or its actor; default: a private one with
+    `budget`'s caps and no campaign cap); `tracer` traces each call (default: none)."""
 
     def __init__(self, cfg: ClaudeConfig, system_prompt: str, seed: int = 0,
-                 budget: ResearcherBudget = ResearcherBudget()):
-        key = os.environ.get(KEY_ENV, "")
-        if not key:
+                 budget: ResearcherBudget = ResearcherBudget(), *, researcher: str = "researcher",
+                 api_key: str | None = None, authority: Any = None, tracer: CallTracer | None = None):
+        self._key = api_key or vault.get(KEY_ENV)
+        if not self._key:
             raise BrainError(f"{KEY_ENV} is not set")
-        self.cfg = cfg
-        self.budget = budget  # its dollars and tokens are the caps (one of each, in the researcher's budget)
+        self.cfg, self.rid = cfg, researcher
+        self.authority = authority if authority is not None else BudgetAuthority(budget)
+        self.tracer = tracer or CallTracer()
         self.system_prompt = system_prompt
         self.price = cfg.prices[cfg.model]
         self.spend = Spend()
@@ -94,62 +134,50 @@ class ClaudeBrain:
         self.summarized_turns = 0  # assistant turns condensed so far
         self.retries: list[dict] = []  # every retry: {"attempt", "reason", "delay_s"}, for the transcript
         self.last_stop_reason: str | None = None
+        self.last_trace_id: str | None = None
         self._note = ""  # told to the model in the next user turn (e.g. that its last reply was cut off)
+        self._listeners: list[Callable[..., None]] = []
         self._rng = random.Random(seed)  # backoff jitter only
         self._tools = copy.deepcopy(TOOLS)
         self._tools[-1]["cache_control"] = _EPHEMERAL
         self._fixed_chars = len(system_prompt) + len(json.dumps(self._tools))
-        if cfg.mlflow_autolog:  # before the client exists, so the patched `create` is the one it calls
-            from aar_ray import tracking
-
-            tracking.enable_anthropic_autolog(cfg.mlflow_experiment)
         # An explicit api_key stops the SDK from falling back to profiles or other credential sources.
-        self._client = anthropic.Anthropic(api_key=key, max_retries=0, timeout=cfg.timeout_s)
+        self._client = anthropic.Anthropic(api_key=self._key, max_retries=0, timeout=cfg.timeout_s)
 
     # ---------------- the Brain protocol ----------------
 
     def act(self, observation: str, results: list[ToolResult]) -> list[ToolCall]:
-        self._check_budget()
         messages = self.messages + [self._user_turn(observation, results)]
         summary, condensed = self.summary, self.summarized_turns
         if self._too_long(messages):
             messages, summary, condensed = self._condense(messages)
-        reply = self._create(messages)
-
-        self._record(reply.usage)
-        cut = reply.stop_reason in CUT_OFF
-        content: list[dict] = []
-        calls: list[ToolCall] = []
-        dropped: list[str] = []
-        for block in reply.content:
-            if block.type == "tool_use":
-                if cut:  # its input may be truncated JSON: never execute half a call
-                    dropped.append(block.name)
-                    continue
-                calls.append(ToolCall(id=block.id, name=block.name, input=block.input))
-                # the API only accepts object inputs back; keep what was sent, visibly
-                sent = block.input if isinstance(block.input, dict) else {"invalid_input": block.input}
-                content.append({"type": "tool_use", "id": block.id, "name": block.name, "input": sent})
-            elif block.type == "text":
-                if block.text.strip():  # the API rejects empty text blocks in requests
-                    content.append(block.to_dict(mode="json", exclude_none=True))
-            else:  # thinking blocks go back unchanged, signature included
-                content.append(block.to_dict(mode="json", exclude_none=True))
-        if not any(b["type"] in ("text", "tool_use") for b in content):
-            content.append({"type": "text", "text": f"(no reply text; stop_reason={reply.stop_reason})"})
-
+        reply, over = self._paid_call(messages)
+        content, calls, dropped = self._read(reply)
         self.messages = messages + [{"role": "assistant", "content": content}]
         self.summary, self.summarized_turns = summary, condensed
         self.last_stop_reason = reply.stop_reason
         self._note = ""
-        if cut:
+        if reply.stop_reason in CUT_OFF:
             what = f" and its unfinished tool call(s) {', '.join(dropped)} were dropped, not executed" if dropped else ""
             self._note = (f"Note: your previous reply hit the output limit (stop_reason={reply.stop_reason}, "
                           f"max_tokens={self.cfg.max_tokens}) and was cut off{what}. Keep replies shorter.")
-        over = self._over_budget()
-        if over:
+        if over:  # the cap is hard: the reply is paid for, its tool calls are not executed
             raise BudgetExceeded(over)
         return calls
+
+    def listen(self, fn: Callable[..., None]) -> None:
+        """`fn(kind, **data)` gets every API call ("api_call") and retry ("api_retry")."""
+        self._listeners.append(fn)
+
+    def on_results(self, results: list[ToolResult]) -> None:
+        """Tag the last call's trace with the trials its submit_method calls created."""
+        ids = [r.content["trial_id"] for r in results if r.name == "submit_method" and not r.is_error
+               and isinstance(r.content, dict) and r.content.get("trial_id")]
+        if ids:
+            self.tracer.tag(self.last_trace_id, {TRACE_TRIALS: ",".join(ids)})
+
+    def close(self) -> None:
+        self.tracer.flush()
 
     def state(self) -> dict:
         """JSON-serializable; holds no credential."""
@@ -178,20 +206,16 @@ class ClaudeBrain:
 
     # ---------------- budgets and accounting ----------------
 
-    def _over_budget(self) -> str:
-        s, c = self.spend, self.budget
-        if s.dollars >= c.dollars:
-            return f"dollar budget spent: ${s.dollars:.4f} of ${c.dollars:.2f}"
-        if s.tokens >= c.tokens:
-            return f"token budget spent: {s.tokens} of {c.tokens} tokens"
-        return ""
+    def worst_case(self, messages: list[dict]) -> tuple[float, int, str]:
+        """(dollars, tokens, how) the call with these messages can cost at most (see the module docstring)."""
+        p = self.price
+        inp, out = self.context_tokens(messages), self.cfg.max_tokens
+        rate = max(p.input, p.cache_write)
+        how = f"~{inp} input tokens at ${rate:g}/MTok + max_tokens {out} at ${p.output:g}/MTok"
+        return (inp * rate + out * p.output) / 1e6, inp + out, how
 
-    def _check_budget(self) -> None:
-        over = self._over_budget()
-        if over:
-            raise BudgetExceeded(over)
-
-    def _record(self, usage: Any) -> None:
+    def _record(self, usage: Any) -> tuple[float, int, dict, dict]:
+        """Price a reply's usage and add it to `spend`: (dollars, tokens, and MLflow's usage and cost dicts)."""
         inp = usage.input_tokens or 0
         out = usage.output_tokens or 0
         cw = usage.cache_creation_input_tokens or 0
@@ -202,7 +226,16 @@ class ClaudeBrain:
         s.cache_write_tokens += cw
         s.cache_read_tokens += cr
         s.api_calls += 1
-        s.dollars += (inp * p.input + out * p.output + cw * p.cache_write + cr * p.cache_read) / 1e6
+        dollars = (inp * p.input + out * p.output + cw * p.cache_write + cr * p.cache_read) / 1e6
+        s.dollars += dollars
+        tokens, out_cost = inp + out + cw + cr, out * p.output / 1e6
+        return dollars, tokens, {"input_tokens": inp + cw + cr, "output_tokens": out, "total_tokens": tokens,
+                                 "cache_read_input_tokens": cr, "cache_creation_input_tokens": cw}, \
+            {"input_cost": dollars - out_cost, "output_cost": out_cost, "total_cost": dollars}
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        for fn in self._listeners:
+            fn(kind, **data)
 
     # ---------------- the conversation ----------------
 
@@ -319,31 +352,88 @@ class ClaudeBrain:
         base = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** attempt)
         return base * (0.5 + 0.5 * self._rng.random())
 
-    def _create(self, messages: list[dict]) -> Any:
+    def _paid_call(self, messages: list[dict]) -> tuple[Any, str]:
+        """One call under a reservation of its worst-case cost, traced: (the reply, why a cap is now
+        spent or ''). Raises BudgetExceeded before calling when the call could cross a cap."""
+        dollars, tokens, how = self.worst_case(messages)
+        ticket = call(self.authority, "reserve", self.rid, dollars, tokens, how)
         kwargs = self._request(messages)
+        trace = self.tracer.start("messages.create", {k: kwargs[k] for k in ("model", "max_tokens", "system", "messages")},
+                                  {"aar.call": str(self.spend.api_calls + 1)})
+        try:
+            reply = self._create(kwargs, trace)
+        except BaseException as e:  # no reply: nothing to pay; the conversation is untouched
+            call(self.authority, "release", ticket)
+            trace.end(error=self._scrub(str(e)))
+            raise
+        cost, used, usage, costs = self._record(reply.usage)
+        trace.end(outputs=reply.to_dict(mode="json", warnings=False), usage=usage, cost=costs)
+        self.last_trace_id = trace.trace_id
+        self._emit("api_call", call=self.spend.api_calls, trace_id=trace.trace_id, stop_reason=reply.stop_reason,
+                   tokens=used, dollars=cost, worst_case_dollars=dollars)
+        return reply, call(self.authority, "settle", ticket, cost, used)
+
+    def _read(self, reply: Any) -> tuple[list[dict], list[ToolCall], list[str]]:
+        """(the assistant turn's content as sent back, the tool calls to execute, names of dropped calls)."""
+        cut = reply.stop_reason in CUT_OFF
+        content: list[dict] = []
+        calls: list[ToolCall] = []
+        dropped: list[str] = []
+        for block in reply.content:
+            if block.type == "tool_use":
+                if cut:  # its input may be truncated JSON: never execute half a call
+                    dropped.append(block.name)
+                    continue
+                calls.append(ToolCall(id=block.id, name=block.name, input=block.input))
+                # the API only accepts object inputs back; keep what was sent, visibly
+                sent = block.input if isinstance(block.input, dict) else {"invalid_input": block.input}
+                content.append({"type": "tool_use", "id": block.id, "name": block.name, "input": sent})
+            elif block.type == "text":
+                if block.text.strip():  # the API rejects empty text blocks in requests
+                    content.append(block.to_dict(mode="json", exclude_none=True))
+            else:  # thinking blocks go back unchanged, signature included
+                content.append(block.to_dict(mode="json", exclude_none=True))
+        if not any(b["type"] in ("text", "tool_use") for b in content):
+            content.append({"type": "text", "text": f"(no reply text; stop_reason={reply.stop_reason})"})
+        return content, calls, dropped
+
+    def _create(self, kwargs: dict, trace: CallTrace) -> Any:
+        """The request, retried with backoff while the fault is retryable; APIUnavailable when retries run out."""
         for attempt in range(self.cfg.max_retries + 1):
-            hint = None
             try:
-                return self._client.messages.create(**kwargs)
-            except anthropic.APIStatusError as e:
-                status = e.status_code
-                retryable = (status in (408, 409, 429) or status >= 500) and \
-                    e.response.headers.get("x-should-retry") != "false"
-                reason = f"HTTP {status} {e.type or ''}: {e.api_message or ''}".strip()
-                hint = _retry_after(e.response.headers)
-                if not retryable:
-                    raise BrainError(self._scrub(f"Messages API refused the request: {reason}")) from None
-            except anthropic.APITimeoutError:
-                reason = f"timeout after {self.cfg.timeout_s}s"
-            except anthropic.APIConnectionError as e:
-                reason = f"connection error: {e.__cause__ or e}"
+                return self._attempt(kwargs)
+            except _Retryable as r:
+                fault, hint = self._scrub(r.fault), r.retry_after
             if attempt == self.cfg.max_retries:
-                raise BrainError(self._scrub(f"Messages API failed after {attempt + 1} attempts; last: {reason}"))
-            delay = self._backoff(attempt, hint)
-            self.retries.append({"attempt": attempt + 1, "reason": self._scrub(reason), "delay_s": delay})
-            time.sleep(delay)
+                raise APIUnavailable(fault, retries=attempt)
+            retry = {"attempt": attempt + 1, "reason": fault, "delay_s": self._backoff(attempt, hint)}
+            self.retries.append(retry)
+            trace.event("retry", **retry)
+            self._emit("api_retry", **retry)
+            time.sleep(retry["delay_s"])
         raise AssertionError("unreachable")
 
+    def _attempt(self, kwargs: dict) -> Any:
+        """One request: its reply; `_Retryable` for a fault worth retrying; BrainError for a refusal."""
+        try:
+            reply = self._client.messages.create(**kwargs)
+        except anthropic.APIStatusError as e:
+            fault = f"HTTP {e.status_code} {e.type or ''}: {e.api_message or ''}".strip()
+            if (e.status_code in (408, 409, 429) or e.status_code >= 500) and \
+                    e.response.headers.get("x-should-retry") != "false":
+                raise _Retryable(fault, _retry_after(e.response.headers)) from None
+            raise BrainError(self._scrub(f"Messages API refused the request: {fault}")) from None
+        except anthropic.APITimeoutError:
+            raise _Retryable(f"timeout after {self.cfg.timeout_s}s") from None
+        except anthropic.APIConnectionError as e:  # refused, reset, or a body cut short
+            cause = e.__cause__ or e
+            raise _Retryable(f"connection error: {type(cause).__name__}: {cause}") from None
+        except (json.JSONDecodeError, anthropic.APIResponseValidationError) as e:  # a 200 whose body is not JSON
+            raise _Retryable(f"malformed reply: {type(e).__name__}: {e}") from None
+        problem = _malformed(reply)
+        if problem:
+            raise _Retryable(f"malformed reply: {problem}")
+        return reply
+
     def _scrub(self, text: str) -> str:
-        key = os.environ.get(KEY_ENV, "")
-        return text.replace(key, "***") if key else text
+        return vault.scrub(text.replace(self._key, "***"))

@@ -54,7 +54,10 @@ so submit ideas, not tiny perturbations; editing predictions to follow the score
 flagged.
 4. The harness picks the seeds; every reported number is a mean over its seeds with the spread. Do \
 not try to choose seeds.
-5. A finding that claims a result must give the trial_id of a scored trial."""
+5. A finding that claims a result must give the trial_id of a scored trial.
+6. Fidelity: "quick" trains with a quarter of the epochs (ctx.epochs), for exploration; "full" runs \
+the whole recipe. Either costs one query and ranks on the leaderboard by validation PGR; the held-out \
+tasks and the audits re-run the top methods at full fidelity, so a method must hold up there."""
 
 WORKING = """\
 How to work: form a hypothesis, test it cheaply with fidelity "quick", confirm the promising ones \

@@ -1,44 +1,31 @@
 """The researcher: observe -> brain decides -> execute tool calls -> repeat, until a typed outcome.
 
 `Researcher` is plain Python around two seams: a brain and a `ToolExecutor`. The campaign runs it
-as a Ray actor (num_cpus=0, max_restarts) whose state lives in the forum store, so a restarted
-actor continues where it was and never resubmits a finished trial. Budgets (trials, GPU-seconds,
-tokens, dollars, steps, deadline) are checked here, in the harness, not by the brain.
+as a Ray actor (num_cpus=0, max_restarts) whose state lives in the forum store: the brain's state,
+the step and the results of the last step's tool calls, saved as soon as they ran. So a restarted
+actor continues where it was, answers the model's last calls with what they really returned, and
+never resubmits a finished trial. Its transcript is one JSONL file appended event by event, across
+restarts. Budgets (trials, GPU-seconds, steps, deadline) are checked here, in the harness, not by
+the brain; LLM tokens and dollars by the budget authority before every call.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aar_ray import vault
 from aar_ray.agents import compose
 from aar_ray.agents.base import (BrainError, BudgetExceeded, CampaignStopped, DeadlineReached, Finished,
-                                 ResearchOutcome, StepLimit,
-                                 ToolCall, ToolResult, Transcript)
+                                 ResearchOutcome, StepLimit, ToolCall, ToolResult, Transcript, call)
 from aar_ray.agents.tools import validate
 from aar_ray.config import ResearcherBudget
 from aar_ray.sandbox.contract import TrialState
 from aar_ray.scoring import ScoringError
 from aar_ray.w2s.cache import content_key
 from aar_ray.w2s.methods import source_hash
-
-
-def call(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call a method on a plain object or a Ray actor handle alike (keeps Ray at the edge). An actor's
-    exception is re-raised as itself (its cause), so callers catch the types they know."""
-    fn = getattr(obj, method)
-    if hasattr(fn, "remote"):
-        import ray
-
-        try:
-            return ray.get(fn.remote(*args, **kwargs))
-        except ray.exceptions.RayTaskError as e:
-            if isinstance(e.cause, Exception):
-                raise e.cause from None
-            raise
-    return fn(*args, **kwargs)
 
 
 class ToolExecutor:
@@ -159,13 +146,20 @@ class Researcher:
     _step: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        self.transcript = Transcript(self.rid)
+        self.transcript = Transcript(self.rid, self.transcript_dir / f"{self.rid}.jsonl", scrub=vault.scrub)
+        self._hook("listen", self.transcript.add)  # the brain's API calls and retries
         saved = call(self.executor.forum, "load_state", self.rid)
-        if saved:  # a restarted actor continues from its persisted state
+        if saved:  # a restarted actor continues from its persisted state, its last tool results included
             self.brain.restore(saved["brain"])
             self._step = saved["step"]
-            self.transcript.events = saved.get("events", [])
-            self.transcript.add("restored", step=self._step)
+            self._results = [ToolResult(**r) for r in saved.get("results", [])]
+            self.transcript.add("restored", step=self._step, results=len(self._results))
+
+    def _hook(self, name: str, *args: Any) -> None:
+        """Call one of the brain's optional methods (see `aar_ray.agents.base.Brain`)."""
+        fn = getattr(self.brain, name, None)
+        if fn is not None:
+            fn(*args)
 
     def observe(self) -> str:
         return json.dumps({"step": self._step, "queries_left": self.executor.queries_left(),
@@ -195,12 +189,14 @@ class Researcher:
         self._results = [self.executor.execute(c) for c in calls]
         for c, r in zip(calls, self._results):
             self.transcript.add("tool", name=c.name, input=c.input, result=r.content, is_error=r.is_error)
+        self._hook("on_results", self._results)
+        # saved before anything else can fail: a restart must answer these calls with what they returned
+        call(self.executor.forum, "save_state", self.rid, {"brain": self.brain.state(), "step": self._step,
+                                                           "results": [asdict(r) for r in self._results]})
         if self.executor.finished_summary is not None:
             raise Finished(self.executor.finished_summary)
         if all(c.name in ("get_results", "leaderboard", "read_forum") for c in calls):
             self._wait_for_news()
-        call(self.executor.forum, "save_state", self.rid,
-             {"brain": self.brain.state(), "step": self._step, "events": self.transcript.events[-200:]})
 
     def _wait_for_news(self) -> None:
         """Nothing new to do until a trial comes back: wait for one (researchers think while jobs run)."""
@@ -223,17 +219,16 @@ class Researcher:
         except ResearchOutcome as o:
             outcome = o
         except Exception as e:  # an unexpected failure is an outcome too, never a lost transcript
-            outcome = BrainError(f"{type(e).__name__}: {e}")
+            outcome = BrainError(vault.scrub(f"{type(e).__name__}: {e}"))
         finally:
+            self._hook("close")  # e.g. flush the brain's traces before the actor can exit
             path = self.save_transcript(outcome)
         return {"researcher": self.rid, "outcome": outcome.kind, "message": str(outcome), "steps": self._step,
                 "transcript": str(path), "spend": vars(self.brain.spend)}
 
     def save_transcript(self, outcome: ResearchOutcome) -> Path:
+        """Append the outcome; hand the whole file (every run segment so far) to `on_save`."""
         self.transcript.add("outcome", outcome=outcome.kind, message=str(outcome))
-        self.transcript_dir.mkdir(parents=True, exist_ok=True)
-        path = self.transcript_dir / f"{self.rid}.jsonl"
-        path.write_text("".join(json.dumps(e, default=str) + "\n" for e in self.transcript.events))
         if self.on_save is not None:
-            self.on_save(self.rid, outcome.kind, vars(self.brain.spend), str(path))
-        return path
+            self.on_save(self.rid, outcome.kind, vars(self.brain.spend), str(self.transcript.path))
+        return self.transcript.path

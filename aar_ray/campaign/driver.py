@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aar_ray import vault
 from aar_ray.campaign.progress import Progress
 from aar_ray.campaign.services import DRIVER, Services, method_id, start_services
 from aar_ray.config import CampaignConfig, to_yaml
@@ -34,7 +35,6 @@ class Run:
     campaign_run: str
     directions: dict[str, str]  # researcher id -> direction
     researcher_runs: dict[str, str]  # researcher id (and DRIVER) -> MLflow run
-    deadline: float  # time.time() when research ends: the campaign's, kept across resumes
     t_start: float = field(default_factory=time.time)
 
     @property
@@ -64,16 +64,19 @@ def experiment_name(campaign_id: str) -> str:
 
 
 def worker_env() -> dict[str, str]:
-    """Environment every actor and job needs to find the same caches and tracking store."""
+    """Environment every actor and job needs to find the same caches and tracking store. No secret:
+    Ray logs every runtime env it creates; actors get secrets from the vault (`aar_ray.vault`)."""
     from aar_ray import tracking
     from aar_ray.w2s import cache
 
     env = {"AAR_CACHE_DIR": str(cache.cache_dir()), "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "MLFLOW_DISABLE_TELEMETRY": "true",
            "TOKENIZERS_PARALLELISM": "false"}
-    for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    for k in ("ANTHROPIC_BASE_URL", "MLFLOW_TRACKING_USERNAME"):  # not secrets
         if os.environ.get(k):
             env[k] = os.environ[k]
+    if vault.from_env():  # the campaign will have a vault (`start_services`): actors may ask it
+        env[vault.ASK] = vault.VAULT
     return env
 
 
@@ -91,8 +94,10 @@ def connect_ray(cfg: CampaignConfig, namespace: str) -> bool:
         return False
     kw = {"num_cpus": cfg.ray.num_cpus or None, "num_gpus": cfg.ray.num_gpus or None,
           "_temp_dir": os.environ.get("AAR_RAY_TMPDIR") or None}  # a private temp dir isolates this Ray
-    ray.init(namespace=namespace, runtime_env={"env_vars": worker_env()}, include_dashboard=False,
-             log_to_driver=False, **{k: v for k, v in kw.items() if v is not None})
+    env = worker_env()
+    with vault.withheld():  # the raylet, and every worker it starts, inherits this environment: no secrets
+        ray.init(namespace=namespace, runtime_env={"env_vars": env}, include_dashboard=False,
+                 log_to_driver=False, **{k: v for k, v in kw.items() if v is not None})
     return True
 
 
@@ -132,20 +137,7 @@ def open_run(cfg: CampaignConfig) -> Run:
                                                         "Its trials are nested below; its transcript is an artifact."})
              for rid in rids}
     _describe(tracker, exp_id, camp_run, cfg, kind, directions)
-    return Run(cfg, kind, run_dir, resumed, tracker, exp_id, camp_run, directions, {**rruns, DRIVER: camp_run},
-               _deadline(run_dir, cfg))
-
-
-def _deadline(run_dir: Path, cfg: CampaignConfig) -> float:
-    """The campaign's research deadline: set when it first starts, the same after any resume."""
-    import json
-
-    path = run_dir / "clock.json"
-    if path.is_file():
-        return float(json.loads(path.read_text())["deadline"])
-    deadline = time.time() + cfg.budget.deadline_s
-    path.write_text(json.dumps({"started": time.time(), "deadline": deadline}))
-    return deadline
+    return Run(cfg, kind, run_dir, resumed, tracker, exp_id, camp_run, directions, {**rruns, DRIVER: camp_run})
 
 
 def _describe(tracker, exp_id: str, camp_run: str, cfg: CampaignConfig, kind: str, directions: dict) -> None:
@@ -215,9 +207,10 @@ def research(run: Run, svc: Services, progress: Progress, env: dict) -> dict[str
     from aar_ray.campaign.researchers import ResearcherActor
 
     cfg = run.cfg
+    deadline = ray.get(svc.budget.deadline.remote(cfg.budget.deadline_s))  # the campaign's: kept across resumes
     actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(ResearcherActor)
     actors = {rid: actor.options(name=f"aar-researcher-{rid}", runtime_env={"env_vars": env}).remote(
-        rid, run.kind, run.directions[rid], i, cfg, run.deadline, str(run.run_dir / "transcripts"),
+        rid, run.kind, run.directions[rid], i, cfg, deadline, str(run.run_dir / "transcripts"),
         run.researcher_runs[rid]) for i, rid in enumerate(run.rids)}
     runs = {actors[rid].run.remote(): rid for rid in run.rids}
     outcomes: dict[str, dict] = {}
@@ -231,10 +224,11 @@ def research(run: Run, svc: Services, progress: Progress, env: dict) -> dict[str
                 outcomes[rid] = {"researcher": rid, "outcome": "crashed", "message": str(e).splitlines()[0]}
         trials = ray.get(svc.forum.trials.remote())
         snap = ray.get(svc.trials.snapshot.remote())
-        spend = _spend(ray.get([svc.forum.load_state.remote(r) for r in run.rids]), run.rids)
-        progress.update([t for t in trials if t["researcher"] != DRIVER], snap, spend, time.time() - run.t_start,
+        spend = ray.get(svc.budget.status.remote())
+        progress.update([t for t in trials if t["researcher"] != DRIVER], snap,
+                        {r: s["dollars"] for r, s in spend["by_researcher"].items()}, time.time() - run.t_start,
                         "research")
-        stop = budget_stop(cfg, ray.get(svc.forum.budget_counts.remote()), snap, spend, run.deadline)
+        stop = budget_stop(cfg, ray.get(svc.forum.budget_counts.remote()), snap, spend, deadline)
         if stop and not ray.get(svc.forum.stop_requested.remote()):
             print(f"[aar] winding down: {stop[1]}", flush=True)
             ray.get(svc.forum.set_stop.remote(*stop))
@@ -256,26 +250,18 @@ def drain(run: Run, svc: Services, progress: Progress) -> None:
         print(f"[aar] cancelled {cancelled} trials still running after the grace period", flush=True)
 
 
-def _spend(states: list, rids: list[str]) -> dict[str, float]:
-    out = {}
-    for rid, st in zip(rids, states):
-        brain = (st or {}).get("brain") or {}
-        out[rid] = float((brain.get("spend") or {}).get("dollars", 0.0)) if isinstance(brain.get("spend"), dict) else 0.0
-    return out
-
-
 def budget_stop(cfg: CampaignConfig, counts: dict, snap: dict, spend: dict, deadline: float) -> tuple[str, str] | None:
     """(kind, reason) when a campaign-wide limit is reached. The trial budget counts finished trials
-    (scored, or failed for a reason of the method's), not submissions."""
+    (scored, or failed for a reason of the method's), not submissions; `spend` is the budget
+    authority's status (the dollar cap itself is enforced there, before every call)."""
     if counts["finished"] >= cfg.budget.trials:
         return "trial_budget", f"the campaign's trial budget is spent ({counts['finished']} of {cfg.budget.trials} " \
                                "trials finished)"
     gpu_s = sum(o.get("gpu_seconds", 0.0) for owner, o in snap.get("owners", {}).items() if owner != DRIVER)
     if gpu_s >= cfg.budget.gpu_seconds:
         return "gpu_budget", f"the campaign's GPU-second budget is spent ({gpu_s:.0f} of {cfg.budget.gpu_seconds:.0f})"
-    if sum(spend.values()) >= cfg.budget.dollars:
-        return "dollar_budget", (f"the campaign's dollar budget is spent (${sum(spend.values()):.2f} of "
-                                 f"${cfg.budget.dollars:.2f})")
+    if spend["exhausted"]:
+        return "dollar_budget", spend["exhausted"]
     if time.time() >= deadline:
         return "deadline", "the campaign's deadline passed"
     return None
@@ -316,11 +302,14 @@ def log_summary(run: Run, svc: Services, outcomes: dict[str, dict]) -> str | Non
                     "leader_test_pgr_std": ranked[0]["test_pgr"]["std"]}
     tracker.log_metrics(run.campaign_run, {k: v for k, v in metrics.items() if math.isfinite(v)})
     snap = ray.get(svc.trials.snapshot.remote())
+    spend = ray.get(svc.budget.status.remote())["by_researcher"]  # the authority's: calls lost in a crash included
     for rid in run.rids:
         rrun = run.researcher_runs[rid]
         o = snap["owners"].get(rid, {})
         tracker.log_metrics(rrun, {"gpu_seconds": o.get("gpu_seconds", 0.0),
-                                   "trials": sum(1 for r in results if r["researcher"] == rid)})
+                                   "trials": sum(1 for r in results if r["researcher"] == rid),
+                                   **({"dollars": spend[rid]["dollars"], "tokens": spend[rid]["tokens"]}
+                                      if rid in spend else {})})
         if rid in outcomes:
             tracker.set_tags(rrun, {"outcome": outcomes[rid]["outcome"]})
         tracker.end_run(rrun)
@@ -346,7 +335,7 @@ def run_campaign(cfg: CampaignConfig) -> Path:
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
     try:
         env = worker_env()
-        svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env)
+        svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env, vault.from_env())
         ray.get(svc.forum.set_stop.remote(None))
         score_baselines(run, svc)
         resubmit_unfinished(run, svc)

@@ -1,7 +1,9 @@
-"""The campaign's shared services as Ray actors: the scorer, the forum and the trial service.
+"""The campaign's shared services as Ray actors: the scorer, the forum, the budget authority, the
+vault (secrets, in memory) and the trial service.
 
-The scorer and the forum are their plain classes (`aar_ray.scoring.Scorer`, `aar_ray.forum.Forum`)
-made remote as they are: their methods are the actors' methods. The trial service below owns the
+The scorer, the forum and the budget authority are their plain classes (`aar_ray.scoring.Scorer`,
+`aar_ray.forum.Forum`, `aar_ray.budget.BudgetAuthority`) made remote as they are: their methods are
+the actors' methods. The trial service below owns the
 task pool: researchers submit trials to it, a background thread collects finished jobs, has the
 scorer score them and updates the forum.
 """
@@ -27,17 +29,24 @@ class Services:
     scorer: Any
     forum: Any
     trials: Any
+    budget: Any  # the BudgetAuthority: LLM spend and the research deadline
+    vault: Any = None  # the secrets' actor (`aar_ray.vault`), when there are secrets; held here, since an
+    # actor whose last handle is dropped is stopped
 
 
 def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_runs: dict[str, str],
-                   env: dict) -> Services:
-    """Start (named, in this campaign's namespace) the scorer, the forum and the trial service."""
+                   env: dict, secrets: dict[str, str] | None = None) -> Services:
+    """Start (named, in this campaign's namespace) the vault with `secrets` (if any), the scorer, the
+    forum, the budget authority and the trial service. `env` holds no secret (Ray logs runtime envs):
+    actors ask the vault (the researchers for the API key, MLflow clients for their credentials)."""
     import ray
 
-    from aar_ray import tracking
+    from aar_ray import tracking, vault
+    from aar_ray.budget import BUDGET, BudgetAuthority
     from aar_ray.forum import Forum
     from aar_ray.scoring import Scorer
 
+    keeper = vault.start_vault(secrets) if secrets else None  # first: the scorer's MLflow client asks it
     opts = {"runtime_env": {"env_vars": env}}
     scorer = ray.remote(num_cpus=0, max_concurrency=8)(Scorer).options(name=SCORER, **opts).remote(
         cfg.w2s, cfg.scoring, tracking.MlflowTracker(), experiment_id, researcher_runs,
@@ -47,7 +56,10 @@ def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_
     # held-out and audit jobs block one of its threads each while they run: room for all of them
     trials = ray.remote(num_cpus=0, max_concurrency=64)(TrialService).options(name=TRIALS, **opts).remote(
         cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum)
-    return Services(scorer, forum, trials)
+    # one call at a time (Ray's default for a sync actor): a reservation's check and record are one step
+    budget = ray.remote(num_cpus=0)(BudgetAuthority).options(name=BUDGET, **opts).remote(
+        cfg.researcher, cfg.budget.dollars, str(run_dir / "private" / "budget.json"))
+    return Services(scorer, forum, trials, budget, keeper)
 
 
 def outcome_of_failure(e: Exception) -> TrialOutcome:
