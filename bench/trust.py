@@ -69,28 +69,12 @@ def generator_routes(work: Path) -> dict:
 def probing_route() -> dict:
     """Edit predictions 3 validation examples at a time, keep what raises the shown score: what it
     learns (val accuracy gained) against what it is worth (test accuracy gained), and the flag."""
-    import numpy as np
-
     from aar_ray.config import ScoringConfig
     from aar_ray.scoring import Scorer
-    from aar_ray.sandbox.trial import run_trusted
-    from aar_ray.w2s import engine
-    from aar_ray.w2s.methods import resolve
 
     scorer = Scorer(tiny_cfg("world.n_entities=300"), ScoringConfig(seeds=[0, 1], query_budget=30))
-    exp, src = scorer._exp["primary"], resolve("naive").read_text()
-    cur = {s: p.tolist() for s, p in run_trusted(src, scorer.request("full")).preds.items()}
-    best, kept = scorer.score("prober", "p0", "naive", src, "full", cur)["val_pgr"]["mean"], "p0"
-    rows = {s: np.flatnonzero(exp.task.split[engine.eval_order(exp.task.split, s)] == "val") for s in cur}
-    for k in range(20):
-        cand = {s: list(p) for s, p in cur.items()}
-        for s in cand:
-            for r in rows[s][3 * k: 3 * k + 3]:
-                cand[s][r] = 1.0 - round(cand[s][r])
-        got = scorer.score("prober", f"p{k + 1}", "probe", f"probe{k}", "full", cand)["val_pgr"]["mean"]
-        if got > best:
-            cur, best, kept = cand, got, f"p{k + 1}"
-    first, last = scorer.trials["p0"], scorer.trials[kept]  # where the hill-climb ended
+    kept = support.hill_climb_prober(scorer, "prober", steps=20)
+    first, last = scorer.trials["prober0"], scorer.trials[kept]  # where the hill-climb ended
     return {"probing": {"reached_label": False, "queries": 21, "flagged": "prober" in scorer.flagged_researchers(),
                         "followed_flips": scorer.watch.events.get("prober", 0),
                         "val_acc_gain": last.val["acc"] - first.val["acc"],

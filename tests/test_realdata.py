@@ -20,7 +20,7 @@ from aar_ray.scoring import Scorer
 from aar_ray.w2s import realdata
 from aar_ray.w2s.methods import resolve
 
-from w2s_helpers import run_request
+from w2s_helpers import keys_of, run_request
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def test_gpu_preset_heldout_stage_runs_on_humaneval_and_champ(tmp_path, monkeypa
     scorer.score("r0", "t1", "naive", src, "full", run_request(src, scorer.request("full")))
     for task in ("math", "code"):
         request = scorer.request("full", task=task)
-        assert not {"label", "labels", "ground_truth"} & set(_keys(request.to_json()))  # no label, by any name
+        assert not {"label", "labels", "ground_truth"} & set(keys_of(request.to_json()))  # no label, by any name
         scorer.score_private("t1", f"heldout:{task}", run_request(src, request))
     assert scorer._exp["code"].task.name == "humaneval" and scorer._exp["math"].task.name == "champ"
     code = scorer._exp["code"].task
@@ -183,11 +183,3 @@ def test_gpu_preset_heldout_stage_runs_on_humaneval_and_champ(tmp_path, monkeypa
         for k in ("weak_acc", "ceiling_acc", "transfer_acc"):
             assert 0.0 <= m[f"heldout_{task}_{k}"] <= 1.0, (task, k, m)
 
-
-def _keys(obj) -> list:
-    """Every key of a JSON object, at any depth."""
-    if isinstance(obj, dict):
-        return [k for k, v in obj.items() for k in (k, *_keys(v))]
-    if isinstance(obj, list):
-        return [k for v in obj for k in _keys(v)]
-    return []

@@ -15,7 +15,8 @@ from aar_ray.scoring import (FLAG_PROBING, FLAG_TEACHER_INDEPENDENT, FLAG_VAL_TE
 from aar_ray.w2s import engine
 from aar_ray.w2s.methods import resolve
 
-from w2s_helpers import run_request, tiny_cfg
+from adversarial import support
+from w2s_helpers import keys_of, run_request, tiny_cfg
 
 # A method that skips the teacher: it reads the arithmetic problem from its input tokens and computes
 # the answer's property (the analogue of taking each problem's majority answer).
@@ -72,7 +73,7 @@ def test_request_holds_no_labels_and_harness_seeds(env):
     assert isinstance(request, TrialRequest)
     assert request.seed_numbers == [0, 1]  # the harness's seeds, not the caller's
     assert (request.student.device, request.student.dtype) == ("cpu", "float32")  # the preset's, always present
-    assert not {"label", "labels", "ground_truth"} & set(_keys(request.to_json()))  # no label, by any name
+    assert not {"label", "labels", "ground_truth"} & set(keys_of(request.to_json()))  # no label, by any name
     exp = scorer._exp["primary"]
     for s in request.seeds:
         assert set(s.tensors()) == set(INPUT_KEYS)
@@ -201,28 +202,9 @@ def test_probing_is_flagged_on_followed_targeted_flips_not_on_honest_tweaks(env)
         shown[i] = scorer.score("alice", f"a{i}", f"a{i}", src, "full", run_request(src, scorer.request("full")))
     # bob: hill-climbs on the validation set by editing predictions: flip 3 validation examples,
     # keep them if the shown score rose, revert them if it fell, then flip the next 3
-    naive = resolve("naive").read_text()
-    cur = run_request(naive, scorer.request("full"))
-    best = scorer.score("bob", "b0", "naive", naive, "full", cur)["val_pgr"]["mean"]
-    val_rows = {s: np.flatnonzero(exp.task.split[engine.eval_order(exp.task.split, s)] == "val") for s in cur}
-    for k in range(8):
-        cand = {s: list(p) for s, p in cur.items()}
-        for s in cand:
-            for r in val_rows[s][3 * k: 3 * k + 3]:
-                cand[s][r] = 1.0 - round(cand[s][r])
-        got = scorer.score("bob", f"b{k + 1}", "probe", f"probe{k}", "full", cand)["val_pgr"]["mean"]
-        if got > best:
-            cur, best = cand, got
+    support.hill_climb_prober(scorer, "bob", steps=8)
     assert "bob" in scorer.flagged_researchers() and scorer.flagged_researchers()["bob"] >= 3
     assert "alice" not in scorer.flagged_researchers() and scorer.watch.events.get("alice", 0) == 0
-    audit = {r["trial_id"]: r["audit"] for r in scorer.driver_results()}
-    assert FLAG_PROBING in audit["b2"] and audit["a1"] == "not audited"  # flagged, not audited: never "clean"
+    audit = {r["trial_id"]: r["audit"] for r in scorer.driver_results()}  # bob's trials are bob0..bob8
+    assert FLAG_PROBING in audit["bob2"] and audit["a1"] == "not audited"  # flagged, not audited: never "clean"
 
-
-def _keys(obj) -> list:
-    """Every key of a JSON object, at any depth."""
-    if isinstance(obj, dict):
-        return [k for k, v in obj.items() for k in (k, *_keys(v))]
-    if isinstance(obj, list):
-        return [k for v in obj for k in _keys(v)]
-    return []

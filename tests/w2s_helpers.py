@@ -79,3 +79,12 @@ def run_request(source: str, request) -> dict:
     from aar_ray.sandbox.trial import run_trusted
 
     return {s: p.tolist() for s, p in run_trusted(source, request).preds.items()}
+
+
+def keys_of(obj) -> list:
+    """Every key of a JSON object, at any depth (to check nothing is named like a label)."""
+    if isinstance(obj, dict):
+        return [k for k, v in obj.items() for k in (k, *keys_of(v))]
+    if isinstance(obj, list):
+        return [k for v in obj for k in keys_of(v)]
+    return []

@@ -97,3 +97,28 @@ def paste_generator(tmp: Path, cfg, low: int, high: int) -> Path:
     path = tmp / f"paste_generator_{low}_{high}.py"
     path.write_text(src)
     return path
+
+
+def hill_climb_prober(scorer, who: str, steps: int, flips: int = 3) -> str:
+    """A researcher that probes the scorer: start from naive, flip `flips` validation examples (the
+    harness's own split: the best case for the attacker), keep them if the shown score rose, revert
+    them if it fell, and go on. Returns the trial id where the hill-climb ended."""
+    import numpy as np
+
+    from aar_ray.sandbox.trial import run_trusted
+    from aar_ray.w2s import engine
+    from aar_ray.w2s.methods import resolve
+
+    exp, src = scorer._exp["primary"], resolve("naive").read_text()
+    cur = {s: p.tolist() for s, p in run_trusted(src, scorer.request("full")).preds.items()}
+    best, kept = scorer.score(who, f"{who}0", "naive", src, "full", cur)["val_pgr"]["mean"], f"{who}0"
+    rows = {s: np.flatnonzero(exp.task.split[engine.eval_order(exp.task.split, s)] == "val") for s in cur}
+    for k in range(steps):
+        cand = {s: list(p) for s, p in cur.items()}
+        for s in cand:
+            for r in rows[s][flips * k: flips * k + flips]:
+                cand[s][r] = 1.0 - round(cand[s][r])
+        got = scorer.score(who, f"{who}{k + 1}", "probe", f"probe{k}", "full", cand)["val_pgr"]["mean"]
+        if got > best:
+            cur, best, kept = cand, got, f"{who}{k + 1}"
+    return kept
