@@ -91,6 +91,61 @@ def connect_ray(cfg: CampaignConfig, namespace: str) -> bool:
     return True
 
 
+def sandbox_requirement(cfg: CampaignConfig):
+    """The sandbox layers every trial must apply (`requirement.resolve`); refuses, before anything
+    starts, when this host lacks one and `sandbox.allow_degraded` is off."""
+    from aar_ray.sandbox.requirement import SandboxUnavailable, resolve
+
+    try:
+        req = resolve(cfg.sandbox)
+    except SandboxUnavailable as e:
+        raise CampaignError(str(e)) from None
+    print(f"[aar] {req.describe()}", flush=True)
+    return req
+
+
+def fit_to_cluster(cfg: CampaignConfig, gpus: float, physical: bool) -> tuple[CampaignConfig, str | None]:
+    """(`cfg` fitted to the Ray cluster's `gpus`, a note saying what changed) at campaign start.
+
+    `physical`: whether those GPUs have CUDA behind them (False for a local Ray's logical GPUs). A
+    trial asking GPUs of a cluster without any runs on the CPU when `w2s.device` allows it; on logical
+    GPUs it keeps its reservation (for scheduling) and runs on the CPU. What cannot be met raises
+    CampaignError naming the key.
+    """
+    need, device = cfg.trial.num_gpus, cfg.w2s.device
+    if need == 0:
+        return cfg, None
+    if device == "cuda" and not (gpus and physical):
+        raise CampaignError(f"trial.num_gpus={need:g} with w2s.device=cuda, but the Ray cluster has "
+                            f"{'only logical GPUs' if gpus else 'no GPU'}: connect to a cluster with GPUs (ray.address) "
+                            "or run the trials on the CPU (w2s.device=auto)")
+    if gpus == 0:
+        trial = dataclasses.replace(cfg.trial, num_gpus=0.0)
+        return dataclasses.replace(cfg, trial=trial), (f"the Ray cluster has no GPU: trials run on the CPU "
+                                                       f"(trial.num_gpus={need:g} is not reserved; w2s.device={device})")
+    if need > gpus + 1e-9:
+        raise CampaignError(f"trial.num_gpus={need:g} asks more GPUs per trial than the Ray cluster has ({gpus:g}): "
+                            "lower trial.num_gpus or add GPU nodes")
+    if not physical and device == "auto":
+        w2s = dataclasses.replace(cfg.w2s, device="cpu")
+        return dataclasses.replace(cfg, w2s=w2s), (f"the Ray cluster's {gpus:g} GPUs are logical (no CUDA here): "
+                                                   f"trials reserve trial.num_gpus={need:g} of one and run on the CPU")
+    return cfg, None
+
+
+def cluster_gpus(started_here: bool) -> tuple[float, bool]:
+    """(GPUs of the connected Ray cluster, whether they have CUDA behind them). A Ray this driver
+    started has physical GPUs only where torch sees CUDA; a cluster's GPU nodes are taken at their word."""
+    import ray
+
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if not (gpus and started_here):
+        return gpus, True
+    import torch
+
+    return gpus, torch.cuda.is_available()
+
+
 def _find_or_start(tracker, exp_id: str, level: str, tag: str, value: str, name: str, parent: str | None,
                    tags: dict) -> str:
     from aar_ray import tracking
@@ -264,12 +319,17 @@ def run_campaign(cfg: CampaignConfig) -> Path:
     from aar_ray.campaign.heldout import run_heldout_and_audits
     from aar_ray.report import build_report
 
+    sandbox = sandbox_requirement(cfg)  # before anything starts
     run = open_run(cfg)
+    run.tracker.set_tags(run.campaign_run, {"aar.sandbox.require": ",".join(sandbox.required) or "none"})
     started_ray = connect_ray(run.cfg, namespace=f"aar-{run.cfg.campaign_id}")
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
     try:
+        run.cfg, note = fit_to_cluster(run.cfg, *cluster_gpus(started_ray))
+        if note:
+            print(f"[aar] {note}", flush=True)
         env = worker_env()
-        svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env)
+        svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env, sandbox.required)
         ray.get(svc.forum.set_stop.remote(False))
         score_baselines(run, svc)
         resubmit_unfinished(run, svc)
