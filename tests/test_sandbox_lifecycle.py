@@ -1,0 +1,178 @@
+"""Whatever ends a trial, every process it started is gone within seconds: the sandbox's own timeout,
+the pool's timeout (the driver kills the worker), a TaskPool cancel, and a SIGKILL of the Ray worker
+running it. The method forks a child that sleeps forever and double-forks a setsid daemon, under
+bubblewrap and without it (the KubeRay pod's sandbox); the test looks for their names in /proc.
+
+`ray job stop` and a dead node end a trial the same way as a killed worker (the worker process dies,
+and the launcher's parent-death signal does the rest).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pool_helpers as H  # noqa: E402
+from adversarial import support  # noqa: E402
+
+from aar_ray.config import ProbeConfig  # noqa: E402
+from aar_ray.pool import JobFailed, JobSpec, JobStatus, TaskPool  # noqa: E402
+from aar_ray.sandbox import SandboxLimits, request_for, run_sandboxed  # noqa: E402
+from aar_ray.sandbox.contract import TrialStatus  # noqa: E402
+from aar_ray.sandbox.trial import run_trial  # noqa: E402
+
+FOREVER = '''
+import ctypes, os, time
+import torch
+
+
+def _name(name):
+    ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME: what the test looks for
+
+
+def run(ctx):
+    if os.fork() == 0:                      # a child that sleeps forever
+        _name("__TAG__c")
+        while True:
+            time.sleep(1)
+    if os.fork() == 0:                      # a setsid daemon, double-forked
+        os.setsid()
+        if os.fork() == 0:
+            _name("__TAG__d")
+            while True:
+                time.sleep(1)
+        os._exit(0)
+    _name("__TAG__m")
+    while True:
+        time.sleep(1)
+'''
+MODES = {"bwrap": SandboxLimits(), "direct": SandboxLimits(use_bwrap=False)}  # direct: a pod's sandbox
+GONE_WITHIN_S = 5.0
+
+
+def alive(tag: str) -> dict[int, str]:
+    """pid -> name of the live (not zombie) processes whose name starts with `tag`."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            name = (d / "comm").read_text().strip()
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if name.startswith(tag) and state != "Z":
+            found[int(d.name)] = name
+    return found
+
+
+def started(tag: str, timeout_s: float = 120.0) -> dict[int, str]:
+    """Wait until the method, its child and its daemon are all running."""
+    H.wait_until(lambda: {n[-1] for n in alive(tag).values()} == {"m", "c", "d"}, timeout_s, f"{tag} to start")
+    return alive(tag)
+
+
+def assert_gone(tag: str, pids: dict[int, str]) -> None:
+    t0 = time.monotonic()
+    while alive(tag) and time.monotonic() - t0 < GONE_WITHIN_S:
+        time.sleep(0.1)
+    assert not alive(tag), f"survivors {alive(tag)} of {pids}, {GONE_WITHIN_S} s after the trial ended"
+
+
+def ancestors(pid: int) -> list[int]:
+    out = []
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        out.append(pid)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory):
+    """(source, request) factory: the FOREVER method under a fresh tag, on a tiny request."""
+    d = tmp_path_factory.mktemp("lifecycle")
+    os.chmod(d, 0o755)
+    student = d / "student"
+    student.mkdir()  # never loaded: the method does not touch the model
+
+    def make(seed_timeout_s: float = 600.0) -> tuple[str, str, object]:
+        tag = "ao" + os.urandom(3).hex()
+        req = request_for(student, {0: support.make_inputs()}, probe=ProbeConfig(), seed_timeout_s=seed_timeout_s)
+        return tag, FOREVER.replace("__TAG__", tag), req
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    H.init_local_ray(num_gpus=1)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_sandbox_timeout_kills_every_process(trial, tmp_path, mode):
+    tag, source, req = trial(seed_timeout_s=25.0)
+    method = tmp_path / "forever.py"
+    method.write_text(source)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(run_sandboxed(req, method, limits=MODES[mode], check_source=False)))
+    t.start()
+    pids = started(tag)
+    t.join(timeout=120)
+    assert out and out[0].status is TrialStatus.TIMEOUT, out
+    assert not alive(tag), f"the sandbox reported a timeout with {alive(tag)} of {pids} still running"
+
+
+def _job(tag: str, source: str, req, mode: str, **kw) -> JobSpec:
+    return JobSpec(fn=run_trial, args=(source, req, MODES[mode], False), owner="t", max_retries=0, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_the_pools_timeout_kills_every_process(local_ray, trial, mode):
+    tag, source, req = trial()
+    with TaskPool() as pool:  # the pool's limit, far below the sandbox's own: the driver kills the worker
+        h = pool.submit(_job(tag, source, req, mode, timeout_s=90.0, num_cpus=0.5))
+        pids = started(tag)
+        with pytest.raises(JobFailed):
+            h.result(timeout=120)
+        assert h.status is JobStatus.TIMEOUT
+        assert_gone(tag, pids)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cancel_kills_every_process_on_a_gpu_worker(local_ray, trial, mode):
+    tag, source, req = trial()
+    with TaskPool() as pool:
+        h = pool.submit(_job(tag, source, req, mode, num_gpus=1))  # a GpuWorker actor: cancel kills the actor
+        pids = started(tag)
+        assert h.cancel()
+        with pytest.raises(JobFailed):
+            h.result(timeout=60)
+        assert h.status is JobStatus.CANCELLED
+        assert_gone(tag, pids)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_of_the_ray_worker_kills_every_process(local_ray, trial, mode):
+    tag, source, req = trial()
+    with TaskPool() as pool:
+        h = pool.submit(_job(tag, source, req, mode, num_cpus=0.5))
+        pids = started(tag)
+        main = next(p for p, n in pids.items() if n.endswith("m"))
+        anchor_parent = [p for p in ancestors(main) if b"aar_ray.sandbox.launch" in
+                         Path(f"/proc/{p}/cmdline").read_bytes()][-1]
+        worker = ancestors(anchor_parent)[0]  # the anchor's parent: the Ray worker running run_trial
+        assert b"ray" in Path(f"/proc/{worker}/cmdline").read_bytes().lower()
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(JobFailed):
+            h.result(timeout=60)
+        assert_gone(tag, pids)
