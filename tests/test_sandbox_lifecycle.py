@@ -1,10 +1,14 @@
-"""Whatever ends a trial, every process it started is gone within seconds: the sandbox's own timeout,
+"""How trials end, on a real local Ray.
+
+Whatever ends a trial, every process it started is gone within seconds: the sandbox's own timeout,
 the pool's timeout (the driver kills the worker), a TaskPool cancel, and a SIGKILL of the Ray worker
 running it. The method forks a child that sleeps forever and double-forks a setsid daemon, under
 bubblewrap and without it (the KubeRay pod's sandbox); the test looks for their names in /proc.
-
 `ray job stop` and a dead node end a trial the same way as a killed worker (the worker process dies,
 and the launcher's parent-death signal does the rest).
+
+A harness fault (the sandbox launcher failing, injected through $AAR_FAULT_DIR) is retried and
+recorded once; a method's own failure is final.
 """
 from __future__ import annotations
 
@@ -25,7 +29,10 @@ from adversarial import support  # noqa: E402
 from aar_ray.config import ProbeConfig  # noqa: E402
 from aar_ray.pool import JobFailed, JobSpec, JobStatus, TaskPool  # noqa: E402
 from aar_ray.sandbox import SandboxLimits, request_for, run_sandboxed  # noqa: E402
+from aar_ray.campaign.services import infra_fault, outcome_of_failure  # noqa: E402
+from aar_ray.pool import MemoryLedger  # noqa: E402
 from aar_ray.sandbox.contract import TrialStatus  # noqa: E402
+from aar_ray.sandbox.runner import FAULT_DIR_ENV  # noqa: E402
 from aar_ray.sandbox.trial import run_trial  # noqa: E402
 
 FOREVER = '''
@@ -111,7 +118,16 @@ def trial(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def faults(tmp_path_factory):
+    """The fault-injection folder the Ray workers see (see runner._injected_fault)."""
+    d = tmp_path_factory.mktemp("faults")
+    os.environ[FAULT_DIR_ENV] = str(d)  # before ray.init: the workers inherit it
+    yield d
+    os.environ.pop(FAULT_DIR_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def local_ray(faults):
     H.init_local_ray(num_gpus=1)
     yield
     ray.shutdown()
@@ -176,3 +192,41 @@ def test_sigkill_of_the_ray_worker_kills_every_process(local_ray, trial, mode):
         with pytest.raises(JobFailed):
             h.result(timeout=60)
         assert_gone(tag, pids)
+
+
+HALF = "import torch\n\ndef run(ctx):\n    return torch.full((len(ctx.eval_ids),), 0.5)\n"
+BROKEN = "def run(ctx):\n    raise ValueError('the method is broken')\n"
+
+
+def test_a_harness_fault_is_retried_and_recorded_once(local_ray, trial, faults):
+    _, _, req = trial()
+    (faults / "launch-once").touch()  # the next launch fails: the launcher gets no command
+    ledger = MemoryLedger()
+    with TaskPool(ledger=ledger) as pool:
+        spec = JobSpec(fn=run_trial, args=(HALF, req, SandboxLimits()), owner="t", key="k1", max_retries=2,
+                       num_cpus=0.5, infra_fault=infra_fault)
+        first = pool.submit(spec)
+        out = first.result(timeout=300)
+        assert out.status is TrialStatus.OK and not (faults / "launch-once").exists()
+        assert [j.attempts for j in pool.jobs()] == [2] and len(ledger) == 1
+        assert pool.submit(spec).job_id == first.job_id and len(ledger) == 1  # the key is not run again
+        # past its retries, a harness fault is the trial's outcome (its own reason), never a result
+        (faults / "launch-once").touch()
+        h = pool.submit(JobSpec(fn=run_trial, args=(HALF, req, SandboxLimits()), owner="t", key="k2",
+                                max_retries=0, num_cpus=0.5, infra_fault=infra_fault))
+        with pytest.raises(JobFailed) as err:
+            h.result(timeout=300)
+        failed = outcome_of_failure(err.value)
+        assert failed.status is TrialStatus.SANDBOX_ERROR and "sandbox setup failed" in failed.reason, failed
+        assert len(ledger) == 1
+
+
+def test_a_method_failure_is_final(local_ray, trial):
+    _, _, req = trial()
+    ledger = MemoryLedger()
+    with TaskPool(ledger=ledger) as pool:
+        h = pool.submit(JobSpec(fn=run_trial, args=(BROKEN, req, SandboxLimits()), owner="t", key="b", max_retries=2,
+                                num_cpus=0.5, infra_fault=infra_fault))
+        out = h.result(timeout=300)
+        assert out.status is TrialStatus.FAILED and "the method is broken" in out.reason
+        assert h.info().attempts == 1 and len(ledger) == 1
