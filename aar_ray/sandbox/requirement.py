@@ -15,7 +15,6 @@ returns a sandbox_error (retried, never scored) instead of a result.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 
@@ -58,7 +57,7 @@ def offered(h: Host) -> tuple[str, ...]:
 
 def why_not(h: Host, layer: str) -> str:
     """Why `layer` does not apply on this host."""
-    return {"uid": f"the harness runs as uid {os.geteuid()}, not root: no privilege drop",
+    return {"uid": f"the harness runs as {h.user}, not root: no privilege drop",
             "cgroup": "per-trial cgroups need root and writable memory and pids controllers",
             "bwrap": h.bwrap_note, "landlock": "the kernel has no Landlock (or it is disabled at boot)",
             "seccomp": "pyseccomp or libseccomp is not installed"}.get(layer, "unavailable")
