@@ -97,11 +97,9 @@ def sandbox_requirement(cfg: CampaignConfig):
     from aar_ray.sandbox.requirement import SandboxUnavailable, resolve
 
     try:
-        req = resolve(cfg.sandbox)
+        return resolve(cfg.sandbox)
     except SandboxUnavailable as e:
         raise CampaignError(str(e)) from None
-    print(f"[aar] {req.describe()}", flush=True)
-    return req
 
 
 def fit_to_cluster(cfg: CampaignConfig, gpus: float, physical: bool) -> tuple[CampaignConfig, str | None]:
@@ -322,6 +320,7 @@ def run_campaign(cfg: CampaignConfig) -> Path:
     sandbox = sandbox_requirement(cfg)  # before anything starts
     run = open_run(cfg)
     run.tracker.set_tags(run.campaign_run, {"aar.sandbox.require": ",".join(sandbox.required) or "none"})
+    print(f"[aar] {sandbox.describe()}", flush=True)
     started_ray = connect_ray(run.cfg, namespace=f"aar-{run.cfg.campaign_id}")
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
     try:
