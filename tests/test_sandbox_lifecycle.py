@@ -147,50 +147,43 @@ def test_the_sandbox_timeout_kills_every_process(trial, tmp_path, mode):
     assert not alive(tag), f"the sandbox reported a timeout with {alive(tag)} of {pids} still running"
 
 
-def _job(tag: str, source: str, req, mode: str, **kw) -> JobSpec:
+def _job(source: str, req, mode: str, **kw) -> JobSpec:
     return JobSpec(fn=run_trial, args=(source, req, MODES[mode], False), owner="t", max_retries=0, **kw)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", MODES)
-def test_the_pools_timeout_kills_every_process(local_ray, trial, mode):
-    tag, source, req = trial()
-    with TaskPool() as pool:  # the pool's limit, far below the sandbox's own: the driver kills the worker
-        h = pool.submit(_job(tag, source, req, mode, timeout_s=90.0, num_cpus=0.5))
-        pids = started(tag)
-        with pytest.raises(JobFailed):
-            h.result(timeout=120)
-        assert h.status is JobStatus.TIMEOUT
-        assert_gone(tag, pids)
+def _cancel(h, pids: dict) -> None:
+    assert h.cancel()
+
+
+def _kill_worker(h, pids: dict) -> None:
+    """SIGKILL the Ray worker running the trial: the launcher anchor's parent."""
+    main = next(p for p, n in pids.items() if n.endswith("m"))
+    anchor = [p for p in ancestors(main) if b"aar_ray.sandbox.launch" in Path(f"/proc/{p}/cmdline").read_bytes()][-1]
+    worker = ancestors(anchor)[0]
+    assert b"ray" in Path(f"/proc/{worker}/cmdline").read_bytes().lower()
+    os.kill(worker, signal.SIGKILL)
+
+
+ENDS = [  # (job options, what ends it, the job's status); the pool's own limit is far below the sandbox's
+    pytest.param({"timeout_s": 90.0, "num_cpus": 0.5}, None, JobStatus.TIMEOUT, id="pool-timeout",
+                 marks=pytest.mark.slow),
+    pytest.param({"num_gpus": 1}, _cancel, JobStatus.CANCELLED, id="cancel-gpu-worker"),  # kills the actor
+    pytest.param({"num_cpus": 0.5}, _kill_worker, JobStatus.FAILED, id="worker-sigkill"),
+]
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_cancel_kills_every_process_on_a_gpu_worker(local_ray, trial, mode):
-    tag, source, req = trial()
-    with TaskPool() as pool:
-        h = pool.submit(_job(tag, source, req, mode, num_gpus=1))  # a GpuWorker actor: cancel kills the actor
-        pids = started(tag)
-        assert h.cancel()
-        with pytest.raises(JobFailed):
-            h.result(timeout=60)
-        assert h.status is JobStatus.CANCELLED
-        assert_gone(tag, pids)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_sigkill_of_the_ray_worker_kills_every_process(local_ray, trial, mode):
+@pytest.mark.parametrize("opts, stop, status", ENDS)
+def test_however_the_pool_ends_a_trial_every_process_is_gone(local_ray, trial, opts, stop, status, mode):
     tag, source, req = trial()
     with TaskPool() as pool:
-        h = pool.submit(_job(tag, source, req, mode, num_cpus=0.5))
+        h = pool.submit(_job(source, req, mode, **opts))
         pids = started(tag)
-        main = next(p for p, n in pids.items() if n.endswith("m"))
-        anchor_parent = [p for p in ancestors(main) if b"aar_ray.sandbox.launch" in
-                         Path(f"/proc/{p}/cmdline").read_bytes()][-1]
-        worker = ancestors(anchor_parent)[0]  # the anchor's parent: the Ray worker running run_trial
-        assert b"ray" in Path(f"/proc/{worker}/cmdline").read_bytes().lower()
-        os.kill(worker, signal.SIGKILL)
+        if stop is not None:
+            stop(h, pids)
         with pytest.raises(JobFailed):
-            h.result(timeout=60)
+            h.result(timeout=180)
+        assert h.status is status
         assert_gone(tag, pids)
 
 
