@@ -4,8 +4,9 @@ Whatever ends a trial, every process it started is gone within seconds: the sand
 the pool's timeout (the driver kills the worker), a TaskPool cancel, and a SIGKILL of the Ray worker
 running it. The method forks a child that sleeps forever and double-forks a setsid daemon, under
 bubblewrap and without it (the KubeRay pod's sandbox); the test looks for their names in /proc.
-`ray job stop` and a dead node end a trial the same way as a killed worker (the worker process dies,
-and the launcher's parent-death signal does the rest).
+`ray job stop` ends a job by ending its driver: a SIGKILLed second driver's trials go the same way. A
+dead node ends a trial as a killed worker does (the worker process dies, and the launcher's
+parent-death signal does the rest).
 
 A harness fault (the sandbox launcher failing, injected through $AAR_FAULT_DIR) is retried and
 recorded once; a method's own failure is final.
@@ -185,6 +186,42 @@ def test_however_the_pool_ends_a_trial_every_process_is_gone(local_ray, trial, o
             h.result(timeout=180)
         assert h.status is status
         assert_gone(tag, pids)
+
+
+DRIVER = """
+import sys, time
+import ray
+sys.path.insert(0, {tests!r})
+from adversarial import support
+from aar_ray.config import ProbeConfig
+from aar_ray.pool import JobSpec, TaskPool
+from aar_ray.sandbox import SandboxLimits, request_for
+from aar_ray.sandbox.trial import run_trial
+
+ray.init(address={address!r}, log_to_driver=False)
+request = request_for({student!r}, {{0: support.make_inputs()}}, probe=ProbeConfig(), seed_timeout_s=600)
+TaskPool().submit(JobSpec(fn=run_trial, args=({source!r}, request, SandboxLimits(use_bwrap={bwrap}), False),
+                          owner="t", num_cpus=0.5))
+time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_when_the_driver_dies_every_process_is_gone(local_ray, trial, tmp_path, mode):
+    """`ray job stop` ends a job by ending its driver (SIGTERM, then SIGKILL): Ray then kills the job's
+    workers, and the trials' launchers go with them. Here a second driver on the same Ray is SIGKILLed."""
+    import subprocess
+
+    tag, source, req = trial()
+    script = DRIVER.format(tests=str(Path(__file__).resolve().parent), address=ray.get_runtime_context().gcs_address,
+                           student=req.student.path, source=source, bwrap=mode == "bwrap")
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pids = started(tag)
+    finally:
+        driver.kill()
+        driver.wait(timeout=60)
+    assert_gone(tag, pids)  # Ray notices the dead driver and kills its workers; the launchers do the rest
 
 
 HALF = "import torch\n\ndef run(ctx):\n    return torch.full((len(ctx.eval_ids),), 0.5)\n"
