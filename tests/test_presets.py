@@ -71,7 +71,7 @@ def test_every_preset_is_covered():
 def test_campaign_preset_runs_a_trial_here(box, preset):
     """What `aar campaign` decides at start (sandbox layers, GPUs from the Ray cluster), then one trial."""
     from aar_ray.campaign.driver import cluster_gpus, fit_to_cluster, sandbox_requirement
-    from aar_ray.sandbox.cli import val_trial
+    from aar_ray.sandbox.cli import scored_trial
     from aar_ray.sandbox.runner import SandboxLimits
     from aar_ray.w2s.methods import resolve
 
@@ -81,7 +81,7 @@ def test_campaign_preset_runs_a_trial_here(box, preset):
     if asked:  # a GPU preset on a Ray cluster without GPUs: CPU trials, and the campaign says so
         assert cfg.trial.num_gpus == 0 and note and "trials run on the CPU" in note
     limits = SandboxLimits(require=sandbox_requirement(cfg).required)
-    out, pgrs = val_trial(resolve("naive"), cfg.w2s, cfg.scoring, cfg.trial, limits, True, "quick")
+    out, pgrs = scored_trial(resolve("naive"), cfg.w2s, cfg.scoring, cfg.trial, limits, True, "quick")
     assert out.ok, (out.status, out.reason, out.log_tail[-1500:])
     assert out.device == "cpu" and out.dtype == cfg.w2s.strong.dtype and set(out.sandbox) == set(limits.require)
     assert len(pgrs) == 2

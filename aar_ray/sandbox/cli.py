@@ -36,8 +36,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def val_trial(method: Path, w2s: W2SConfig, scoring: ScoringConfig, settings: TrialSettings, limits: SandboxLimits,
-              check_source: bool, fidelity: str) -> tuple[TrialOutcome, list]:
+def trial_limits(sandbox_overrides: list[str] = ()) -> SandboxLimits:
+    """The sandbox policy of a trial outside a campaign: the layers its `sandbox` section requires
+    (`sandbox.`-less dotlist; none: this installation's). Raises SandboxError when this host lacks one."""
+    from aar_ray.sandbox.requirement import resolve
+
+    return SandboxLimits(require=resolve(load_config(SandboxConfig, None, list(sandbox_overrides))).required)
+
+
+def val_trial(method: Path, cfg: W2SConfig, settings: TrialSettings, check_source: bool,
+              limits: SandboxLimits | None = None) -> tuple[TrialOutcome, list]:
+    """`aar trial`'s trial: a W2S preset's seeds and fidelity, through `scored_trial`, under `limits`
+    (None: requiring this installation's layers, `trial_limits()`)."""
+    scoring = ScoringConfig(seeds=list(cfg.seeds), query_budget=1)
+    return scored_trial(method, cfg, scoring, settings, limits or trial_limits(), check_source, cfg.fidelity)
+
+
+def scored_trial(method: Path, w2s: W2SConfig, scoring: ScoringConfig, settings: TrialSettings, limits: SandboxLimits,
+                 check_source: bool, fidelity: str) -> tuple[TrialOutcome, list]:
     """The campaign's path for one trial: scorer request -> run_trial -> validation PGR per seed."""
     from aar_ray.sandbox.trial import run_trial
     from aar_ray.scoring import Scorer
@@ -69,14 +85,12 @@ def _emit(out: dict, as_json: bool) -> None:
 def _run(args: argparse.Namespace, out: dict) -> int:
     from aar_ray.w2s.methods import resolve
 
-    from aar_ray.sandbox.requirement import resolve as required_layers
-
     method = resolve(args.method)
     preset = args.rest[0] if args.rest and "=" not in args.rest[0] else None
     overrides = args.rest[1:] if preset else args.rest
     sandbox = [o.removeprefix("sandbox.") for o in overrides if o.startswith("sandbox.")]  # as a campaign's section
     cfg = load_config(W2SConfig, preset, [o for o in overrides if not o.startswith("sandbox.")])
-    limits = SandboxLimits(require=required_layers(load_config(SandboxConfig, None, sandbox)).required)
+    limits = trial_limits(sandbox)
     findings = [] if args.no_precheck else precheck.check(method.read_text(), method.name)
     if findings:  # before building the experiment: a refusal costs milliseconds
         res, pgrs = TrialOutcome.failure(TrialStatus.REJECTED, "static pre-check: " + "; ".join(findings[:5]),
@@ -85,8 +99,7 @@ def _run(args: argparse.Namespace, out: dict) -> int:
         settings = TrialSettings(timeout_s=args.timeout_s * len(cfg.seeds), seed_timeout_s=args.timeout_s,
                                  memory_mb=args.memory_mb, threads=max(1, cfg.torch_threads),
                                  num_gpus=1 if cfg.device == "cuda" else 0)
-        res, pgrs = val_trial(method, cfg, ScoringConfig(seeds=list(cfg.seeds), query_budget=1), settings, limits,
-                              not args.no_precheck, cfg.fidelity)
+        res, pgrs = val_trial(method, cfg, settings, not args.no_precheck, limits)
     out.update(status=res.status.value, reason=res.reason, sandbox=list(res.layers), val_pgr_seeds=pgrs,
                val_pgr=sum(pgrs) / len(pgrs) if res.ok and pgrs else None, device=res.device, dtype=res.dtype)
     return 0 if res.ok else 2 if res.status is TrialStatus.SANDBOX_ERROR else 1
