@@ -33,8 +33,8 @@ def box(tmp_path_factory):
     words = write_jsonl(d / "data.jsonl")
     models = {"weak": make_tiny_hf_model(d / "qwen15", "qwen2", words, hidden=16),
               "strong": make_tiny_hf_model(d / "qwen3", "qwen3", words, hidden=32)}
-    started = connect_ray(load_config(CampaignConfig, ROOT / "experiments/standard.yaml", ["ray.num_cpus=2"]), "presets")
-    yield {"data": d / "data.jsonl", **models, "started": started}
+    connect_ray(load_config(CampaignConfig, ROOT / "experiments/standard.yaml", ["ray.num_cpus=2"]), "presets")
+    yield {"data": d / "data.jsonl", **models}
     ray.shutdown()
     for k, v in old.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -77,7 +77,7 @@ def test_campaign_preset_runs_a_trial_here(box, preset):
 
     cfg = load_config(CampaignConfig, ROOT / "experiments" / preset, [*tiny(preset, box, "w2s."), "scoring.seeds=[0,1]"])
     asked = cfg.trial.num_gpus
-    cfg, note = fit_to_cluster(cfg, *cluster_gpus(box["started"]))
+    cfg, note = fit_to_cluster(cfg, *cluster_gpus())
     if asked:  # a GPU preset on a Ray cluster without GPUs: CPU trials, and the campaign says so
         assert cfg.trial.num_gpus == 0 and note and "trials run on the CPU" in note
     limits = SandboxLimits(require=sandbox_requirement(cfg).required)
@@ -96,6 +96,22 @@ def test_w2s_preset_runs_a_trial_here(box, preset, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and out["status"] == "ok", out
     assert out["device"] == "cpu" and isinstance(out["val_pgr"], float)
+
+
+def test_logical_gpus_are_told_from_real_ones(box):
+    """This box's Ray has no GPU; one started with logical GPUs (`ray.num_gpus=2`) has no CUDA behind them."""
+    import subprocess
+    import sys
+
+    from aar_ray.campaign.driver import cluster_gpus
+
+    assert cluster_gpus() == (0.0, True)
+    if os.path.exists("/dev/nvidiactl"):
+        pytest.skip("this box has CUDA devices: its GPUs are not logical")
+    code = ("import ray; ray.init(address='local', num_cpus=1, num_gpus=2, include_dashboard=False, log_to_driver=False); "
+            "from aar_ray.campaign.driver import cluster_gpus; print(cluster_gpus()); ray.shutdown()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.stdout.strip().splitlines()[-1] == "(2.0, False)", p.stdout + p.stderr
 
 
 def test_the_cluster_decides_where_gpu_trials_run():

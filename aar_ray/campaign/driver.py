@@ -105,7 +105,7 @@ def sandbox_requirement(cfg: CampaignConfig):
 def fit_to_cluster(cfg: CampaignConfig, gpus: float, physical: bool) -> tuple[CampaignConfig, str | None]:
     """(`cfg` fitted to the Ray cluster's `gpus`, a note saying what changed) at campaign start.
 
-    `physical`: whether those GPUs have CUDA behind them (False for a local Ray's logical GPUs). A
+    `physical`: whether those GPUs have CUDA behind them (False for logical GPUs, see cluster_gpus). A
     trial asking GPUs of a cluster without any runs on the CPU when `w2s.device` allows it; on logical
     GPUs it keeps its reservation (for scheduling) and runs on the CPU. What cannot be met raises
     CampaignError naming the key.
@@ -131,17 +131,22 @@ def fit_to_cluster(cfg: CampaignConfig, gpus: float, physical: bool) -> tuple[Ca
     return cfg, None
 
 
-def cluster_gpus(started_here: bool) -> tuple[float, bool]:
-    """(GPUs of the connected Ray cluster, whether they have CUDA behind them). A Ray this driver
-    started has physical GPUs only where torch sees CUDA; a cluster's GPU nodes are taken at their word."""
+def cluster_gpus() -> tuple[float, bool]:
+    """(GPUs of the connected Ray cluster, whether CUDA devices back them). A GPU node without
+    /dev/nvidiactl has logical GPUs only (`ray.num_gpus=N`, `ray start --num-gpus N` on a CPU box)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    if not (gpus and started_here):
-        return gpus, True
-    import torch
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")]
+    if not nodes:
+        return 0.0, True
+    on_node = NodeAffinitySchedulingStrategy(nodes[0], soft=False)  # needs no free GPU, only that node
+    probe = ray.remote(num_cpus=0)(_has_cuda_devices).options(scheduling_strategy=on_node)
+    return float(ray.cluster_resources().get("GPU", 0.0)), bool(ray.get(probe.remote(), timeout=300))
 
-    return gpus, torch.cuda.is_available()
+
+def _has_cuda_devices() -> bool:
+    return os.path.exists("/dev/nvidiactl")
 
 
 def _find_or_start(tracker, exp_id: str, level: str, tag: str, value: str, name: str, parent: str | None,
@@ -324,7 +329,7 @@ def run_campaign(cfg: CampaignConfig) -> Path:
     started_ray = connect_ray(run.cfg, namespace=f"aar-{run.cfg.campaign_id}")
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
     try:
-        run.cfg, note = fit_to_cluster(run.cfg, *cluster_gpus(started_ray))
+        run.cfg, note = fit_to_cluster(run.cfg, *cluster_gpus())
         if note:
             print(f"[aar] {note}", flush=True)
         env = worker_env()
