@@ -114,13 +114,13 @@ def fit_to_cluster(cfg: CampaignConfig, gpus: float, physical: bool) -> tuple[Ca
     if need == 0:
         return cfg, None
     if device == "cuda" and not (gpus and physical):
-        raise CampaignError(f"trial.num_gpus={need:g} with w2s.device=cuda, but the Ray cluster has "
-                            f"{'only logical GPUs' if gpus else 'no GPU'}: connect to a cluster with GPUs (ray.address) "
-                            "or run the trials on the CPU (w2s.device=auto)")
+        has = "only logical GPUs" if gpus else "no GPU"
+        raise CampaignError(f"trial.num_gpus={need:g} with w2s.device=cuda, but the Ray cluster has {has}: connect to "
+                            "a cluster with GPUs (ray.address) or run the trials on the CPU (w2s.device=auto)")
     if gpus == 0:
-        trial = dataclasses.replace(cfg.trial, num_gpus=0.0)
-        return dataclasses.replace(cfg, trial=trial), (f"the Ray cluster has no GPU: trials run on the CPU "
-                                                       f"(trial.num_gpus={need:g} is not reserved; w2s.device={device})")
+        note = f"the Ray cluster has no GPU: trials run on the CPU (trial.num_gpus={need:g} is not reserved; " \
+               f"w2s.device={device})"
+        return dataclasses.replace(cfg, trial=dataclasses.replace(cfg.trial, num_gpus=0.0)), note
     if need > gpus + 1e-9:
         raise CampaignError(f"trial.num_gpus={need:g} asks more GPUs per trial than the Ray cluster has ({gpus:g}): "
                             "lower trial.num_gpus or add GPU nodes")

@@ -363,7 +363,8 @@ def _cgroups(spec: dict, report: dict) -> Cgroups | None:
 def _refused(spec: dict, cg: Cgroups | None) -> str | None:
     """Why the trial must not start: a required layer that the launcher applies could not apply."""
     need = set(spec.get("require", ()))
-    missing = [n for n, ok in (("cgroup", cg is not None), ("uid", spec.get("uid") is not None)) if n in need and not ok]
+    applied = {"cgroup": cg is not None, "uid": spec.get("uid") is not None}
+    missing = [n for n, ok in applied.items() if n in need and not ok]
     return f"required sandbox layers could not apply: {missing}" if missing else None
 
 
@@ -373,7 +374,8 @@ def _wait(pid: int, deadline: float, report: dict) -> int:
     while True:
         for p, st, ru in _reap():
             if p == pid:
-                report["cpu_s"], report["maxrss_mb"] = round(ru.ru_utime + ru.ru_stime, 3), round(ru.ru_maxrss / 1024, 1)
+                report["cpu_s"] = round(ru.ru_utime + ru.ru_stime, 3)
+                report["maxrss_mb"] = round(ru.ru_maxrss / 1024, 1)
                 return st
         if _ended or time.monotonic() > deadline:
             report["ended_by_harness" if _ended else "timed_out"] = True
