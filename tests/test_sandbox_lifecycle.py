@@ -260,3 +260,19 @@ def test_a_method_failure_is_final(local_ray, trial):
         out = h.result(timeout=300)
         assert out.status is TrialStatus.FAILED and "the method is broken" in out.reason
         assert h.info().attempts == 1 and len(ledger) == 1
+
+
+def test_a_worker_without_a_required_layer_never_returns_a_result(local_ray, trial):
+    """The campaign requires cgroups; this worker's sandbox cannot apply them (use_cgroup off stands in
+    for a worker without root): every attempt is a sandbox_error before any child starts, none is a result."""
+    _, _, req = trial()
+    ledger = MemoryLedger()
+    with TaskPool(ledger=ledger) as pool:
+        h = pool.submit(JobSpec(fn=run_trial, args=(HALF, req, SandboxLimits(use_cgroup=False, require=("cgroup",))),
+                                owner="t", key="c", max_retries=1, num_cpus=0.5, infra_fault=infra_fault))
+        with pytest.raises(JobFailed) as err:
+            h.result(timeout=300)
+        out = outcome_of_failure(err.value)
+        assert out.status is TrialStatus.SANDBOX_ERROR and "required sandbox layers are unavailable here: ['cgroup']" \
+            in out.reason, out
+        assert h.info().attempts == 2 and len(ledger) == 0
