@@ -94,3 +94,19 @@ def test_method_failure_is_final_and_recorded_with_its_layers(service):
     (run,) = _runs(service["exp"], "r0-t2")
     assert run.data.tags[tracking.UNSCORED_STATUS] == "failed"
     assert run.data.tags[tracking.SANDBOX] == ",".join(service["sandbox"])
+
+
+def test_a_scorer_restart_loses_nothing(service):
+    """Kill the scorer actor: Ray restarts it (trial.infra_retries), it reloads its state, and the next
+    trial's request and score go through."""
+    import ray
+
+    from aar_ray.w2s.methods import resolve
+
+    svc = service["svc"]
+    before = {r["trial_id"] for r in ray.get(svc.scorer.driver_results.remote())}
+    ray.kill(svc.scorer, no_restart=False)
+    ray.get(svc.trials.submit.remote("r0-t3", "r0", resolve("confidence").read_text(), "quick", "confidence"))
+    assert _row(service["run"], "r0-t3")[0] == "scored"
+    after = {r["trial_id"] for r in ray.get(svc.scorer.driver_results.remote())}
+    assert after == before | {"r0-t3"}
