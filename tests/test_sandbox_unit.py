@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -293,6 +294,18 @@ def test_auto_is_the_installations_first_probe_and_a_weaker_host_refuses(tmp_pat
         resolve(SandboxConfig(require=["landlock", "seccomp"]), _host(**POD, landlock_abi=0))
     monkeypatch.setenv("AAR_CACHE_DIR", str(tmp_path / "pod-install"))  # installed in the pod: auto is its layers
     assert resolve(SandboxConfig(), _host(**POD)).required == less.required
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("sandbox.require=[bwrap,nsjail]", "sandbox.require: unknown layers ['nsjail']"),
+    ("sandbox.require=[auto,uid]", "or [auto] alone"),
+    ("trial.max_retries=3", "trial.max_retries is not used here: re-runs after the harness's faults"),
+])
+def test_sandbox_and_retry_settings_are_checked(override, needle):
+    from aar_ray.config import CampaignConfig, ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(CampaignConfig, None, [override])
 
 
 def test_an_unprivileged_user_cannot_start_what_requires_root(tmp_path):
