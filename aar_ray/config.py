@@ -3,7 +3,7 @@
 This module is the single source of defaults, and the one place a user reads every setting:
   W2SConfig (the weak-to-strong problem: WorldConfig, ModelConfig, ProbeConfig) for `aar w2s`;
   CampaignConfig for `aar campaign`, which embeds a W2SConfig and ScoringConfig, ResearcherBudget,
-  CampaignBudget, TrialSettings, PoolConfig, ClaudeConfig and RayConnect.
+  CampaignBudget, TrialSettings, SandboxConfig, PoolConfig, ClaudeConfig and RayConnect.
 Presets in experiments/ override them; dotlist overrides (`key=value`) override presets. Core code
 receives dataclass instances (`OmegaConf.to_object`), never a DictConfig. A bad key or value raises
 `ConfigError` naming the key. Names of tasks, methods and research directions are checked against
@@ -386,8 +386,9 @@ class TrialSettings:
     """Wall-clock limit of a whole trial job (the pool kills it after); >= seed_timeout_s x seeds."""
     seed_timeout_s: float = 300.0
     """Wall-clock budget per seed: one sandboxed child runs all seeds under seed_timeout_s x seeds."""
-    max_retries: int = 1
-    """Re-runs when the worker or node dies."""
+    infra_retries: int = 2
+    """Re-runs after a fault of the harness, not the method's: a sandbox_error, a lost worker or node (a method's
+    own failure is final)."""
     memory_mb: int = 8192
     """Sandbox address-space limit per process."""
     threads: int = 1
@@ -399,9 +400,32 @@ class TrialSettings:
         _check(self.num_cpus >= 0, "trial.num_cpus", f"must be >= 0, got {self.num_cpus}")
         _check(self.seed_timeout_s > 0, "trial.seed_timeout_s", f"must be > 0, got {self.seed_timeout_s}")
         _check(self.timeout_s > 0, "trial.timeout_s", f"must be > 0, got {self.timeout_s}")
-        _check(self.max_retries >= 0, "trial.max_retries", f"must be >= 0, got {self.max_retries}")
+        _check(self.infra_retries >= 0, "trial.infra_retries", f"must be >= 0, got {self.infra_retries}")
         _check(self.memory_mb >= 256, "trial.memory_mb", f"must be >= 256, got {self.memory_mb}")
         _check(self.threads >= 1, "trial.threads", f"must be >= 1, got {self.threads}")
+
+
+SANDBOX_LAYERS = ("uid", "rlimits", "cgroup", "bwrap", "landlock", "seccomp", "method-runtime")
+"""The sandbox's layers a campaign can require (each described in aar_ray/sandbox/__init__.py)."""
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Which sandbox layers every trial must run under. A campaign that cannot apply them refuses to
+    start; a trial whose sandbox could not apply one is a sandbox_error, never a result."""
+
+    require: list[str] = field(default_factory=lambda: ["auto"])
+    """Layers from SANDBOX_LAYERS, or [auto]: those this installation's first probe found
+    (<cache>/private/sandbox_layers.json), so a host that later offers less is caught."""
+    allow_degraded: bool = False
+    """Start anyway when this host lacks required layers: trials require only what it offers (said at start)."""
+
+    def __post_init__(self) -> None:
+        auto = list(self.require) == ["auto"]
+        bad = [r for r in self.require if r not in SANDBOX_LAYERS]
+        _check(auto or not bad, "sandbox.require",
+               f"unknown layers {bad}; choose from {list(SANDBOX_LAYERS)}, or [auto] alone")
+        _check(len(set(self.require)) == len(self.require), "sandbox.require", f"repeats a layer: {list(self.require)}")
 
 
 @dataclass(frozen=True)
@@ -567,6 +591,8 @@ class CampaignConfig:
     """Campaign-wide limits."""
     trial: TrialSettings = field(default_factory=TrialSettings)
     """Trial job resources and limits."""
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    """The sandbox layers every trial must run under."""
     pool: PoolConfig = field(default_factory=PoolConfig)
     """Task pool policy."""
     claude: ClaudeConfig = field(default_factory=ClaudeConfig)
@@ -580,13 +606,15 @@ class CampaignConfig:
     progress: str = "auto"
     """'auto' (a live view on a TTY, log lines otherwise), 'rich' or 'plain'."""
 
-    # W2SConfig fields a campaign does not use: set in a campaign preset or override, they are an error
+    # fields a campaign does not use (W2SConfig's, and a renamed one): set in a preset or override, they are an error
     UNUSED = {"w2s.seeds": "a campaign's seeds are the harness's: set scoring.seeds",
               "w2s.methods": "a campaign's reference methods are `baselines`; researchers propose the rest",
               "w2s.name": "a campaign is named by `name`",
               "w2s.fidelity": "each trial's fidelity is chosen per submission (quick or full)",
               "researcher.trials": "a researcher's trial limit is scoring.query_budget (every scored submission is "
-                                   "one query, enforced by the scorer)"}
+                                   "one query, enforced by the scorer)",
+              "trial.max_retries": "re-runs after the harness's faults (a sandbox_error, a lost worker or node) are "
+                                   "trial.infra_retries; a method's own failure is never re-run"}
 
     def __post_init__(self) -> None:
         _check(self.brain in ("offline", "claude", "auto"), "brain", f"must be offline, claude or auto, got {self.brain!r}")

@@ -60,6 +60,7 @@ class Trial:
     index: int | None
     heldout: dict[str, tuple[float, float]]  # task -> (mean, std)
     baseline: str | None
+    sandbox: str = DASH  # the sandbox layers its trial ran under (tag aar.sandbox); — on runs from before the tag
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Unscored:
     trial_id: str
     status: str
     reason: str
+    sandbox: str = DASH
 
 
 @dataclass
@@ -118,7 +120,7 @@ def _trial(run) -> Trial:
         val=_ms(m, "val_pgr"), test=_ms(m, "test_pgr"), wall_time_s=m.get("wall_time_s"),
         index=None if index is None else int(float(index)),
         heldout={t: ms for t in HELDOUT if (ms := _ms(m, f"heldout_{t}_pgr")) is not None},
-        baseline=tags.get("aar.baseline"))
+        baseline=tags.get("aar.baseline"), sandbox=tags.get(tracking.SANDBOX, DASH))
 
 
 def load_campaign(campaign_id: str, tracker) -> Campaign:
@@ -138,7 +140,7 @@ def load_campaign(campaign_id: str, tracker) -> Campaign:
     unscored = [Unscored(r.tags.get("method", r.name or "?"),
                          "baseline" if r.tags.get("aar.baseline") else r.tags.get("researcher", "?"),
                          r.tags.get("trial_id", ""), r.tags[tracking.UNSCORED_STATUS],
-                         r.tags.get(tracking.UNSCORED_REASON, ""))
+                         r.tags.get(tracking.UNSCORED_REASON, ""), r.tags.get(tracking.SANDBOX, DASH))
                 for r in sorted(trial_runs, key=lambda r: r.start_time or 0)
                 if r.status in ("FAILED", "KILLED") and tracking.UNSCORED_STATUS in r.tags]
 
@@ -234,8 +236,9 @@ class Table:
 
 def leaderboard(c: Campaign) -> Table:
     rows = [[str(i), t.method, t.researcher, t.trial_id or DASH, t.fidelity or DASH, fmt(t.val), fmt(t.test),
-             _audit(t)] for i, t in enumerate(sorted(c.trials, key=_rank_key), 1)]
-    return Table(["rank", "method", "researcher", "trial", "fidelity", "val PGR (ranks)", "test PGR", "audit"], rows)
+             _audit(t), t.sandbox] for i, t in enumerate(sorted(c.trials, key=_rank_key), 1)]
+    return Table(["rank", "method", "researcher", "trial", "fidelity", "val PGR (ranks)", "test PGR", "audit",
+                  "sandbox"], rows)
 
 
 def top_k(c: Campaign) -> list[Trial]:
@@ -279,8 +282,9 @@ def spend(c: Campaign) -> Table:
 
 
 def unscored_table(c: Campaign) -> Table:
-    return Table(["method", "researcher", "trial", "status", "reason"],
-                 [[u.method, u.researcher, u.trial_id or DASH, u.status, u.reason[:300] or DASH] for u in c.unscored])
+    return Table(["method", "researcher", "trial", "status", "reason", "sandbox"],
+                 [[u.method, u.researcher, u.trial_id or DASH, u.status, u.reason[:300] or DASH, u.sandbox]
+                  for u in c.unscored])
 
 
 def researchers_table(c: Campaign) -> Table:
@@ -442,7 +446,8 @@ def _sections(c: Campaign) -> list[tuple[str, str, Table | None, str | None]]:
                 else "The held-out stage has not run yet.")
     return [
         ("Leaderboard", "Ranked by validation PGR (what researchers saw); flagged trials come last. Test PGR is "
-                        "shown, never used to rank. Mean ± std over seeds. Audit: not audited, clean, or the flags.",
+                        "shown, never used to rank. Mean ± std over seeds. Audit: not audited, clean, or the flags. "
+                        "Sandbox: the layers the trial ran under.",
          leaderboard(c), "leaderboard"),
         ("PGR over time", "Best-so-far test PGR per researcher; dashed: naive, dotted: best human-designed method."
          if any(not t.baseline for t in c.trials) else

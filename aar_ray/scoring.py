@@ -83,6 +83,7 @@ class TrialRecord:
     mlflow_run: str | None = None
     flags: set[str] = field(default_factory=set)
     private: dict = field(default_factory=dict)  # audit and held-out results
+    sandbox: list = field(default_factory=list)  # the sandbox layers its trial ran under (config.SANDBOX_LAYERS)
 
 
 class Scorer:
@@ -239,10 +240,12 @@ class Scorer:
             self._save()
 
     def score(self, researcher: str, trial_id: str, name: str, source: str, fidelity: str, preds_by_seed: dict,
-              losses_by_seed: dict | None = None, times: tuple[float, float] | None = None) -> dict:
+              losses_by_seed: dict | None = None, times: tuple[float, float] | None = None,
+              sandbox: tuple[str, ...] = ()) -> dict:
         """Researcher-facing: score a trial, record everything, return validation numbers only (rounded).
         A trial not yet admitted counts as a query here; predictions that are not a result (a seed
-        missing, invalid values) raise before anything is counted."""
+        missing, invalid values) raise before anything is counted. `sandbox`: the layers the trial ran
+        under (`TrialOutcome.sandbox`; none for a trusted in-process run), tagged on its run."""
         if trial_id in self.trials:  # the same job's result again (a resumed pool): nothing new to count
             return self._val_view(self.trials[trial_id])
         val, test, seeds, preds = self._score_seeds("primary", preds_by_seed)
@@ -250,7 +253,8 @@ class Scorer:
             self.admit(researcher, trial_id)
         for r in seeds:
             r.losses = [tuple(x) for x in (losses_by_seed or {}).get(r.seed, [])]
-        rec = TrialRecord(trial_id, researcher, name, source, fidelity, val, test, seeds, time.time(), len(self.trials))
+        rec = TrialRecord(trial_id, researcher, name, source, fidelity, val, test, seeds, time.time(), len(self.trials),
+                          sandbox=list(sandbox))
         self.trials[trial_id] = rec
         view = self._val_view(rec)
         if researcher not in self.exempt:
@@ -411,7 +415,7 @@ class Scorer:
         out = tracking.record_trial(
             self.tracker, self.experiment_id, cfg, mr, {}, parent=self.researcher_runs.get(rec.researcher),
             extra_tags={"researcher": rec.researcher, "trial_id": rec.trial_id, "fidelity": rec.fidelity,
-                        "aar.trial_index": str(rec.index),
+                        "aar.trial_index": str(rec.index), tracking.SANDBOX: ",".join(rec.sandbox) or "none",
                         **({"aar.baseline": rec.name} if rec.researcher in self.exempt else {})},
             weak_key=exp.weak.key, strong_key=exp.strong.key, eval_splits=splits, times=times,
             run_name=run_name(rec.researcher, rec.trial_id, rec.name, rec.source))
@@ -419,8 +423,9 @@ class Scorer:
         return out.run_id
 
     def record_unscored(self, researcher: str, trial_id: str, name: str, source: str, fidelity: str, status: str,
-                        reason: str) -> str | None:
-        """Record in MLflow a trial whose job produced no score (failed, timed out, cancelled, refused)."""
+                        reason: str, sandbox: tuple[str, ...] = ()) -> str | None:
+        """Record in MLflow a trial whose job produced no score (failed, timed out, cancelled, refused),
+        with the sandbox layers it ran under (none when nothing ran)."""
         if self.tracker is None or not self.tracker.enabled or trial_id in self.trials:
             return None
         from aar_ray import tracking
@@ -429,6 +434,7 @@ class Scorer:
             self.tracker, self.experiment_id, trial_id, name, source, status, reason,
             parent=self.researcher_runs.get(researcher),
             extra_tags={"researcher": researcher, "fidelity": fidelity, "task": self.cfg.task,
+                        tracking.SANDBOX: ",".join(sandbox) or "none",
                         **({"aar.baseline": name} if researcher in self.exempt else {})})
 
     def _record_refusal(self, researcher: str, trial_id: str) -> None:

@@ -392,6 +392,7 @@ def record_trial(tracker: Tracker, experiment_id: str, cfg, method_result, basel
 
 UNSCORED_STATUS = "aar.status"  # on a trial run that produced no score: failed | timeout | cancelled | refused | ...
 UNSCORED_REASON = "aar.reason"
+SANDBOX = "aar.sandbox"  # on every trial run: the sandbox layers its trial ran under (comma list; 'none')
 
 
 def record_unscored_trial(tracker: Tracker, experiment_id: str, trial_id: str, name: str, source: str, status: str,

@@ -1,7 +1,7 @@
 # Clusters and infrastructure (issue 9): Ray cluster launcher wrappers, job submission, offline checks.
 # Included by the top-level Makefile, which defines BIN and `setup`.
 #   make cluster-up [CLUSTER=cluster/aws-gpu-large.yaml]   start or update a launcher cluster
-#   make submit PRESET=standard RAY_ADDRESS=http://127.0.0.1:8265 [OVERRIDES="campaign_id=my-run"]
+#   make submit PRESET=standard RAY_ADDRESS=http://127.0.0.1:8265 [ARGS='key=value ...']
 #   make cluster-down
 #   make infra-validate                                    offline checks of cluster/ and infra/
 
@@ -9,6 +9,9 @@ CLUSTER ?= cluster/aws-gpu.yaml
 PRESET ?= quick
 # Where `ray job submit` sends the job; empty leaves it to Ray (its RAY_ADDRESS env, else a local cluster).
 RAY_ADDRESS ?=
+# `key=value` overrides of the preset, e.g. on KubeRay (pods run as uid 1000: no uid drop, no cgroups, no bwrap)
+#   ARGS='sandbox.require=[rlimits,landlock,seccomp,method-runtime]'
+ARGS ?=
 # Variables the cluster's Ray processes get (cluster/*.yaml loads this file before `ray start`).
 CLUSTER_ENV := .aar_cache/cluster.env
 CLUSTER_ENV_VARS := MLFLOW_TRACKING_URI MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD ANTHROPIC_API_KEY
@@ -35,7 +38,7 @@ cluster-down: setup
 # carry this checkout's git SHA. MLFLOW_TRACKING_URI, when set here, goes with the job (not a secret;
 # credentials travel only through cluster.env or a Secret).
 submit: setup
-	$(BIN)/aar submit experiments/$(PRESET).yaml $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(OVERRIDES)
+	$(BIN)/aar submit experiments/$(PRESET).yaml $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(foreach a,$(ARGS),'$(a)')
 
 infra-validate: setup
 	$(BIN)/python -m pytest -q tests/test_infra.py

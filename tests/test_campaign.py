@@ -355,7 +355,8 @@ def test_researcher_actor_killed_mid_campaign_restarts_from_its_state(tmp_path, 
     ray.init(num_cpus=2, namespace="aar-kill-actor", include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": driver.worker_env()}, _temp_dir=f"/tmp/aar-ka-{os.getpid()}")
     try:
-        svc = services.start_services(cfg, run_dir, exp, {}, driver.worker_env())
+        sandbox = driver.sandbox_requirement(cfg).required
+        svc = services.start_services(cfg, run_dir, exp, {}, driver.worker_env(), sandbox)
         service = svc.trials
         ray.get(service.busy.remote())  # up before the researcher looks it up
         ray.get(svc.forum.set_stop.remote(False))

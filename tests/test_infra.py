@@ -214,11 +214,21 @@ def test_rayjob_runs_the_same_cluster_as_raycluster():
         assert job["spec"]["rayClusterSpec"] == cluster["spec"], job["metadata"]["name"]
 
 
+ENTRYPOINT = re.compile(r"python -m aar_ray campaign (experiments/[\w.-]+\.ya?ml)((?: '[\w.]+=[^']*')*)")
+POD_LAYERS = {"rlimits", "landlock", "seccomp", "method-runtime"}  # what a sandbox can have in a uid-1000 pod
+
+
+def _entrypoint(job: dict) -> tuple[str, list[str]]:
+    """(preset, overrides) of a RayJob's entrypoint."""
+    m = ENTRYPOINT.fullmatch(job["spec"]["entrypoint"])
+    assert m, job["spec"]["entrypoint"]
+    return m[1], re.findall(r"'([^']*)'", m[2])
+
+
 def test_rayjob_runs_a_campaign_preset_and_cleans_up():
     for job in _by_kind("RayJob"):
         spec = job["spec"]
-        m = re.fullmatch(r"python -m aar_ray campaign (experiments/[\w.-]+\.ya?ml)", spec["entrypoint"])
-        assert m, spec["entrypoint"]
+        _entrypoint(job)
         runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
         assert isinstance(runtime_env, dict) and runtime_env.get("working_dir"), runtime_env
         # The preset path is resolved inside working_dir, which is the project copy in the image.
@@ -233,10 +243,24 @@ def test_rayjob_runs_a_campaign_preset_and_cleans_up():
 
 def test_rayjob_preset_exists():
     for job in _by_kind("RayJob"):
-        preset = job["spec"]["entrypoint"].split()[-1]
+        preset, _ = _entrypoint(job)
         if not (REPO / preset).exists():
             pytest.skip(f"{preset} (RayJob {job['metadata']['name']}) is not written yet")
         assert yaml.safe_load((REPO / preset).read_text()), preset
+
+
+def test_rayjob_requires_the_sandbox_layers_its_pods_can_apply():
+    """Non-root pods without user namespaces: the campaign requires rlimits, Landlock, seccomp and the
+    method runtime explicitly (not [auto], which a fresh pod would record as whatever it happens to offer)."""
+    from aar_ray.config import CampaignConfig, load_config
+
+    for job in _by_kind("RayJob"):
+        security = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["securityContext"]
+        assert security["runAsNonRoot"] and security["runAsUser"] != 0
+        preset, overrides = _entrypoint(job)
+        required = ["w2s.data_path=x"] if "???" in (REPO / preset).read_text() else []  # a data set the user names
+        cfg = load_config(CampaignConfig, REPO / preset, overrides + required)
+        assert set(cfg.sandbox.require) == POD_LAYERS and not cfg.sandbox.allow_degraded, cfg.sandbox
 
 
 def test_ray_pods_guaranteed_gpu_workers_tolerated():
@@ -553,6 +577,8 @@ def _make_n(*args: str) -> str:
 def test_make_targets_wrap_ray_cli():
     out = _make_n("submit", "PRESET=standard", "RAY_ADDRESS=http://127.0.0.1:8265")
     assert re.search(r"aar submit experiments/standard\.yaml --address http://127\.0\.0\.1:8265", out), out
+    pod = _make_n("submit", "PRESET=standard", "ARGS=sandbox.require=[rlimits,landlock,seccomp,method-runtime]")
+    assert "experiments/standard.yaml 'sandbox.require=[rlimits,landlock,seccomp,method-runtime]'" in pod, pod
     assert "experiments/quick.yaml" in _make_n("submit")
     assert re.search(r"ray up -y cluster/aws-gpu\.yaml", _make_n("cluster-up"))
     assert re.search(r"ray down -y cluster/aws-gpu-large\.yaml", _make_n("cluster-down", "CLUSTER=cluster/aws-gpu-large.yaml"))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -251,3 +253,86 @@ def test_required_layers_are_checked_before_anything_runs(tmp_path):
     r = run_method_sandboxed(m, tmp_path / "student", inputs, probe=ProbeConfig(), seed=0, timeout_s=5,
                              limits=SandboxLimits(use_bwrap=False, use_seccomp=False, require=("bwrap", "seccomp")))
     assert r.status == "sandbox_error" and "['bwrap', 'seccomp']" in r.reason and r.wall_s < 5
+
+
+# ---- failing closed: which layers a campaign requires ----
+
+def _host(**changes):
+    from dataclasses import replace
+
+    from aar_ray.sandbox.runner import Host
+
+    root = Host(uid=999, gid=995, user="aar-sandbox", bwrap="/usr/bin/bwrap", bwrap_note="ok", landlock_abi=7,
+                seccomp=True, cgroup=True, stage=True)
+    return replace(root, **changes)
+
+
+POD = dict(uid=None, gid=None, user="ray", bwrap=None, bwrap_note="bwrap unusable here: setting up uid map: denied",
+           cgroup=False, stage=False)  # a KubeRay pod: uid 1000, no user namespaces
+
+
+def test_auto_is_the_installations_first_probe_and_a_weaker_host_refuses(tmp_path, monkeypatch):
+    from aar_ray.config import SANDBOX_LAYERS, SandboxConfig
+    from aar_ray.sandbox.requirement import SandboxUnavailable, resolve
+
+    monkeypatch.setenv("AAR_CACHE_DIR", str(tmp_path / "install"))
+    assert resolve(SandboxConfig(), _host()).required == SANDBOX_LAYERS  # recorded by this first probe
+    assert json.loads((tmp_path / "install/private/sandbox_layers.json").read_text())["layers"] == list(SANDBOX_LAYERS)
+    with pytest.raises(SandboxUnavailable) as err:  # the same installation, later run as an unprivileged user
+        resolve(SandboxConfig(), _host(**POD))
+    msg = str(err.value)
+    assert msg.startswith("this host cannot apply the required sandbox layers uid, cgroup, bwrap (uid: the harness "
+                          "runs as ray, not root"), msg
+    assert "setting up uid map: denied" in msg and "sandbox_layers.json" in msg
+    assert "sandbox.allow_degraded=true" in msg and "sandbox.require=[rlimits,landlock,seccomp,method-runtime]" in msg
+    less = resolve(SandboxConfig(allow_degraded=True), _host(**POD))
+    assert less.required == ("rlimits", "landlock", "seccomp", "method-runtime")
+    assert less.missing == ("uid", "cgroup", "bwrap") and "DEGRADED" in less.describe()
+    pod = resolve(SandboxConfig(require=["rlimits", "landlock", "seccomp", "method-runtime"]), _host(**POD))
+    assert pod.required == less.required and not pod.missing
+    with pytest.raises(SandboxUnavailable, match="layers landlock .*the kernel has no Landlock"):
+        resolve(SandboxConfig(require=["landlock", "seccomp"]), _host(**POD, landlock_abi=0))
+    monkeypatch.setenv("AAR_CACHE_DIR", str(tmp_path / "pod-install"))  # installed in the pod: auto is its layers
+    assert resolve(SandboxConfig(), _host(**POD)).required == less.required
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("sandbox.require=[bwrap,nsjail]", "sandbox.require: unknown layers ['nsjail']"),
+    ("sandbox.require=[auto,uid]", "or [auto] alone"),
+    ("trial.max_retries=3", "trial.max_retries is not used here: re-runs after the harness's faults"),
+])
+def test_sandbox_and_retry_settings_are_checked(override, needle):
+    from aar_ray.config import CampaignConfig, ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(CampaignConfig, None, [override])
+
+
+def test_an_unprivileged_user_cannot_start_what_requires_root(tmp_path):
+    """Run as `nobody` (as the KubeRay image runs as uid 1000): a campaign requiring the uid drop and
+    cgroups refuses before anything starts, and so does `aar trial`, each saying how to accept less."""
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run as nobody")
+    work = Path(tempfile.mkdtemp(prefix="aar-nobody-"))
+    os.chmod(work, 0o777)
+    root = Path(__file__).resolve().parents[1]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(root), "AAR_CACHE_DIR": str(work / "cache"),
+           "AAR_RUNS_DIR": str(work / "runs"), "AAR_MLFLOW_DIR": str(work / "mlflow"), "HF_HUB_OFFLINE": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": str(work)}
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-m", "aar_ray"]
+    require = "sandbox.require=[uid,rlimits,cgroup,seccomp]"
+    try:
+        p = subprocess.run([*nobody, "campaign", str(root / "experiments/quick.yaml"), require], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "aar: this host cannot apply the required sandbox layers uid, cgroup" in p.stderr, p.stderr
+        assert "sandbox.allow_degraded=true" in p.stderr and not (work / "runs").exists()
+        p = subprocess.run([*nobody, "trial", "naive", require, "--json"], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=300)
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        assert p.returncode == 2 and out["status"] == "sandbox_error", out
+        assert out["reason"].startswith("this host cannot apply the required sandbox layers uid, cgroup"), out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -101,6 +101,64 @@ def connect_ray(cfg: CampaignConfig, namespace: str) -> bool:
     return True
 
 
+def sandbox_requirement(cfg: CampaignConfig):
+    """The sandbox layers every trial must apply (`requirement.resolve`); refuses, before anything
+    starts, when this host lacks one and `sandbox.allow_degraded` is off."""
+    from aar_ray.sandbox.requirement import SandboxUnavailable, resolve
+
+    try:
+        return resolve(cfg.sandbox)
+    except SandboxUnavailable as e:
+        raise CampaignError(str(e)) from None
+
+
+def fit_to_cluster(cfg: CampaignConfig, gpus: float, physical: bool) -> tuple[CampaignConfig, str | None]:
+    """(`cfg` fitted to the Ray cluster's `gpus`, a note saying what changed) at campaign start.
+
+    `physical`: whether those GPUs have CUDA behind them (False for logical GPUs, see cluster_gpus). A
+    trial asking GPUs of a cluster without any runs on the CPU when `w2s.device` allows it; on logical
+    GPUs it keeps its reservation (for scheduling) and runs on the CPU. What cannot be met raises
+    CampaignError naming the key.
+    """
+    need, device = cfg.trial.num_gpus, cfg.w2s.device
+    if need == 0:
+        return cfg, None
+    if device == "cuda" and not (gpus and physical):
+        has = "only logical GPUs" if gpus else "no GPU"
+        raise CampaignError(f"trial.num_gpus={need:g} with w2s.device=cuda, but the Ray cluster has {has}: connect to "
+                            "a cluster with GPUs (ray.address) or run the trials on the CPU (w2s.device=auto)")
+    if gpus == 0:
+        note = f"the Ray cluster has no GPU: trials run on the CPU (trial.num_gpus={need:g} is not reserved; " \
+               f"w2s.device={device})"
+        return dataclasses.replace(cfg, trial=dataclasses.replace(cfg.trial, num_gpus=0.0)), note
+    if need > gpus + 1e-9:
+        raise CampaignError(f"trial.num_gpus={need:g} asks more GPUs per trial than the Ray cluster has ({gpus:g}): "
+                            "lower trial.num_gpus or add GPU nodes")
+    if not physical and device == "auto":
+        w2s = dataclasses.replace(cfg.w2s, device="cpu")
+        return dataclasses.replace(cfg, w2s=w2s), (f"the Ray cluster's {gpus:g} GPUs are logical (no CUDA here): "
+                                                   f"trials reserve trial.num_gpus={need:g} of one and run on the CPU")
+    return cfg, None
+
+
+def cluster_gpus() -> tuple[float, bool]:
+    """(GPUs of the connected Ray cluster, whether CUDA devices back them). A GPU node without
+    /dev/nvidiactl has logical GPUs only (`ray.num_gpus=N`, `ray start --num-gpus N` on a CPU box)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")]
+    if not nodes:
+        return 0.0, True
+    on_node = NodeAffinitySchedulingStrategy(nodes[0], soft=False)  # needs no free GPU, only that node
+    probe = ray.remote(num_cpus=0)(_has_cuda_devices).options(scheduling_strategy=on_node)
+    return float(ray.cluster_resources().get("GPU", 0.0)), bool(ray.get(probe.remote(), timeout=300))
+
+
+def _has_cuda_devices() -> bool:
+    return os.path.exists("/dev/nvidiactl")
+
+
 def _find_or_start(tracker, exp_id: str, level: str, tag: str, value: str, name: str, parent: str | None,
                    tags: dict) -> str:
     from aar_ray import tracking
@@ -328,14 +386,21 @@ def run_campaign(cfg: CampaignConfig) -> Path:
     from aar_ray.campaign.heldout import run_heldout_and_audits
     from aar_ray.report import build_report
 
+    sandbox = sandbox_requirement(cfg)  # before anything starts
     run = open_run(cfg)
     share_trials_view(run)
     _STOPPING["campaign_id"] = run.cfg.campaign_id
+    run.tracker.set_tags(run.campaign_run, {"aar.sandbox.require": ",".join(sandbox.required) or "none"})
+    print(f"[aar] {sandbox.describe()}", flush=True)
     started_ray = connect_ray(run.cfg, namespace=f"aar-{run.cfg.campaign_id}")
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
     try:
+        run.cfg, note = fit_to_cluster(run.cfg, *cluster_gpus())
+        if note:
+            print(f"[aar] {note}", flush=True)
         env = worker_env()
-        svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env, vault.from_env())
+        svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, env, sandbox.required,
+                             vault.from_env())
         ray.get(svc.forum.set_stop.remote(None))
         score_baselines(run, svc)
         resubmit_unfinished(run, svc)

@@ -35,10 +35,11 @@ class Services:
 
 
 def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_runs: dict[str, str],
-                   env: dict, secrets: dict[str, str] | None = None) -> Services:
+                   env: dict, sandbox: tuple[str, ...], secrets: dict[str, str] | None = None) -> Services:
     """Start (named, in this campaign's namespace) the vault with `secrets` (if any), the scorer, the
     forum, the budget authority and the trial service. `env` holds no secret (Ray logs runtime envs):
-    actors ask the vault (the researchers for the API key, MLflow clients for their credentials)."""
+    actors ask the vault (the researchers for the API key, MLflow clients for their credentials).
+    `sandbox`: the layers every trial must apply (`requirement.resolve(cfg.sandbox).required`)."""
     import ray
 
     from aar_ray import tracking, vault
@@ -48,26 +49,38 @@ def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_
 
     keeper = vault.start_vault(secrets) if secrets else None  # first: the scorer's MLflow client asks it
     opts = {"runtime_env": {"env_vars": env}}
-    scorer = ray.remote(num_cpus=0, max_concurrency=8)(Scorer).options(name=SCORER, **opts).remote(
-        cfg.w2s, cfg.scoring, tracking.MlflowTracker(), experiment_id, researcher_runs,
-        state_path=str(run_dir / "private" / "scorer.json"), exempt=(DRIVER,), trial=cfg.trial)
+    # a restarted scorer reloads its state; a call that met the restart runs again (it is idempotent)
+    retries = cfg.trial.infra_retries
+    scorer = ray.remote(num_cpus=0, max_concurrency=8, max_restarts=retries, max_task_retries=retries)(Scorer).options(
+        name=SCORER, **opts).remote(cfg.w2s, cfg.scoring, tracking.MlflowTracker(), experiment_id, researcher_runs,
+                                    state_path=str(run_dir / "private" / "scorer.json"), exempt=(DRIVER,),
+                                    trial=cfg.trial)
     forum = ray.remote(num_cpus=0, max_concurrency=16)(Forum).options(name=FORUM, **opts).remote(
         str(run_dir / "forum.db"), len(cfg.scoring.seeds))
     # held-out and audit jobs block one of its threads each while they run: room for all of them
     trials = ray.remote(num_cpus=0, max_concurrency=64)(TrialService).options(name=TRIALS, **opts).remote(
-        cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum)
+        cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum, tuple(sandbox))
     # one call at a time (Ray's default for a sync actor): a reservation's check and record are one step
     budget = ray.remote(num_cpus=0)(BudgetAuthority).options(name=BUDGET, **opts).remote(
         cfg.researcher, cfg.budget.dollars, str(run_dir / "private" / "budget.json"))
     return Services(scorer, forum, trials, budget, keeper)
 
 
+def infra_fault(outcome: TrialOutcome) -> str | None:
+    """The pool's `JobSpec.infra_fault` for trial jobs: a harness fault (sandbox_error) is a failed attempt,
+    retried and never recorded as the trial's result; the method's own failures are results."""
+    return f"{outcome.status.value}: {outcome.reason}" if outcome.status.harness_fault else None
+
+
 def outcome_of_failure(e: Exception) -> TrialOutcome:
-    """The TrialOutcome of a job the pool could not complete (timeout, cancel, lost worker, ...)."""
+    """The TrialOutcome of a job the pool could not complete (timeout, cancel, lost worker, harness fault
+    past the retries, ...)."""
     from aar_ray.pool import ErrorKind, JobFailed, JobStatus
 
     if not isinstance(e, JobFailed):
         return TrialOutcome.failure(TrialStatus.SANDBOX_ERROR, f"the trial job raised {type(e).__name__}: {e}")
+    if isinstance(e.error.result, TrialOutcome):  # its last attempt's own outcome (a sandbox_error)
+        return e.error.result
     if e.status is JobStatus.TIMEOUT:
         status = TrialStatus.TIMEOUT
     elif e.status is JobStatus.CANCELLED:
@@ -102,12 +115,13 @@ class TrialService:
     recorded outcomes without running them again.
     """
 
-    def __init__(self, pool_cfg: PoolConfig, settings: TrialSettings, ledger_path: str, scorer: Any, forum: Any):
+    def __init__(self, pool_cfg: PoolConfig, settings: TrialSettings, ledger_path: str, scorer: Any, forum: Any,
+                 sandbox: tuple[str, ...]):
         from aar_ray.pool import SqliteLedger, TaskPool
         from aar_ray.sandbox.runner import SandboxLimits
 
         self.settings = settings
-        self.limits = SandboxLimits()
+        self.limits = SandboxLimits(require=tuple(sandbox))  # checked by every trial, on every worker
         self.pool = TaskPool(pool_cfg, ledger=SqliteLedger(ledger_path))
         self.scorer, self.forum = scorer, forum
         self.active: dict[str, tuple[Any, _Submitted]] = {}  # trial_id -> (handle, what was submitted)
@@ -120,7 +134,8 @@ class TrialService:
 
         s = self.settings
         return JobSpec(fn=run_trial, args=(source, request, self.limits), owner=owner, key=key, num_gpus=s.num_gpus,
-                       num_cpus=s.num_cpus, timeout_s=s.timeout_s, max_retries=s.max_retries)
+                       num_cpus=s.num_cpus, timeout_s=s.timeout_s, max_retries=s.infra_retries,
+                       infra_fault=infra_fault)
 
     def submit(self, trial_id: str, owner: str, source: str, fidelity: str, name: str) -> None:
         """A researcher's (or a baseline's) trial; its outcome reaches the forum and the scorer."""
@@ -157,29 +172,32 @@ class TrialService:
                         self.active.pop(trial_id, None)
 
     def _finish(self, ray, trial_id: str, handle, sub: _Submitted) -> None:
-        from aar_ray.scoring import QueryBudgetExceeded
+        from aar_ray.scoring import QueryBudgetExceeded, ScoringError
 
         try:
             out = handle.result()
         except Exception as e:  # noqa: BLE001
             out = outcome_of_failure(e)
         if not out.ok:
-            self._unscored(ray, trial_id, sub, out.status, out.reason)
+            self._unscored(ray, trial_id, sub, out.status, out.reason, out.sandbox)
             return
         try:
             info = handle.info()  # the job's own clock: the trial run shows how long the trial really took
             times = (info.started_at, info.finished_at) if info.started_at and info.finished_at else None
             val = ray.get(self.scorer.score.remote(sub.owner, trial_id, sub.name, sub.source, sub.fidelity,
-                                                   dict(out.preds), dict(out.losses), times))
-        except Exception as e:  # budget refusal or invalid predictions: the researcher sees why
+                                                   dict(out.preds), dict(out.losses), times, out.sandbox))
+        except Exception as e:  # budget refusal, invalid predictions, or the scorer lost past its restarts
             cause = getattr(e, "cause", None) or e  # a Ray task error carries the scorer's exception
-            status = TrialStatus.REFUSED if isinstance(cause, QueryBudgetExceeded) else TrialStatus.INVALID_OUTPUT
-            self._unscored(ray, trial_id, sub, status, str(cause).splitlines()[0] if str(cause) else type(cause).__name__)
+            status = TrialStatus.REFUSED if isinstance(cause, QueryBudgetExceeded) else \
+                TrialStatus.INVALID_OUTPUT if isinstance(cause, ScoringError) else TrialStatus.LOST
+            reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            self._unscored(ray, trial_id, sub, status, reason, out.sandbox)
             return
         ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name, sub.fidelity,
                                                TrialState.SCORED, val, None, TrialStatus.OK))
 
-    def _unscored(self, ray, trial_id: str, sub: _Submitted, status: TrialStatus, reason: str) -> None:
+    def _unscored(self, ray, trial_id: str, sub: _Submitted, status: TrialStatus, reason: str,
+                  sandbox: tuple[str, ...]) -> None:
         """A trial with no score: the researcher sees why on the forum, and MLflow keeps a FAILED run."""
         state = TrialState.of(status)
         shown = f"{status.value}: {reason}" if state is TrialState.FAILED else reason
@@ -189,7 +207,7 @@ class TrialService:
                                                state, None, shown, status))
         try:
             ray.get(self.scorer.record_unscored.remote(sub.owner, trial_id, sub.name, sub.source, sub.fidelity,
-                                                       status.value, reason))
+                                                       status.value, reason, sandbox))
         except Exception as e:  # the forum has it; a tracking outage must not stop collecting
             print(f"[aar] could not record unscored trial {trial_id} in MLflow: {e}", flush=True)
 

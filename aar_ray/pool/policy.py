@@ -58,13 +58,14 @@ def over_quota(used_gpu_s: float, quota_gpu_s: Optional[float]) -> bool:
 
 
 def should_retry(kind: ErrorKind, attempts: int, max_retries: int, retry_exceptions: bool) -> bool:
-    """Retry lost workers always, user exceptions only when asked, and never past 1 + max_retries runs.
+    """Retry lost workers and infrastructure faults always, user exceptions only when asked, and never past
+    1 + max_retries runs.
 
     Timeouts, cancellations and quota stops are decisions, not accidents, so they are never retried.
     """
     if attempts > max_retries:
         return False
-    if kind is ErrorKind.WORKER_LOST:
+    if kind in (ErrorKind.WORKER_LOST, ErrorKind.INFRA):
         return True
     return kind is ErrorKind.USER and retry_exceptions
 

@@ -428,7 +428,11 @@ class TaskPool:
         if job.kill_requested:
             self._finish_killed(job, now)
         elif isinstance(res, RunOutcome) and res.ok:
-            self._complete(job, res.value)
+            fault = job.spec.infra_fault(res.value) if job.spec.infra_fault is not None else None
+            if fault is None:
+                self._complete(job, res.value)
+            else:
+                self._attempt_failed(job, JobError(ErrorKind.INFRA, fault, result=res.value))
         elif isinstance(res, RunOutcome):
             self._attempt_failed(job, JobError(ErrorKind.USER, res.error, res.traceback))
         else:

@@ -18,7 +18,7 @@ class JobStatus(str, Enum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"  # dispatched to Ray: its worker is starting or executing it
     DONE = "DONE"
-    FAILED = "FAILED"  # user exception, lost workers past max_retries, or unschedulable
+    FAILED = "FAILED"  # user exception, lost workers or infra faults past max_retries, or unschedulable
     TIMEOUT = "TIMEOUT"  # killed by the driver at timeout_s
     CANCELLED = "CANCELLED"
     QUOTA_EXHAUSTED = "QUOTA_EXHAUSTED"  # the owner's GPU-second quota ran out before it started
@@ -33,6 +33,7 @@ class ErrorKind(str, Enum):
 
     USER = "user"  # the job's own code raised; retried only with retry_exceptions
     WORKER_LOST = "worker_lost"  # its worker process or node died; retried up to max_retries
+    INFRA = "infra"  # it returned a value its infra_fault says is the infrastructure's fault; retried likewise
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     QUOTA = "quota"
@@ -47,6 +48,8 @@ class JobError:
     kind: ErrorKind
     message: str
     traceback: str = ""
+    result: Any = None
+    """For ErrorKind.INFRA: the value the last attempt returned (e.g. its TrialOutcome)."""
 
 
 class JobFailed(RuntimeError):
@@ -86,9 +89,13 @@ class JobSpec:
     timeout_s: float = 3600.0
     """Wall-clock limit from the moment it starts on its worker; the driver kills it after."""
     max_retries: int = 2
-    """Re-runs after its worker or node died (and after user exceptions if retry_exceptions)."""
+    """Re-runs after its worker or node died or an infra_fault (and after user exceptions if retry_exceptions)."""
     retry_exceptions: bool = False
     """Also retry when the job's own code raises. Off: the owner gets the traceback at once."""
+    infra_fault: Optional[Callable[[Any], Optional[str]]] = None
+    """Called in the pool on each value the job returns: a reason when the value reports a fault of the
+    infrastructure (a trial's sandbox_error), which makes the attempt a failed one (ErrorKind.INFRA:
+    retried up to max_retries, never recorded in the ledger); None for a result."""
     fresh_process: bool = False
     """GPU jobs only. False: run on a long-lived GPU worker actor that keeps its GPU between jobs.
     True: a fresh Ray worker process per job (Ray's max_calls=1 for GPU tasks), which frees all

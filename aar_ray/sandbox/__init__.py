@@ -8,17 +8,21 @@ The folder is the boundary (one typed request in, one typed outcome out):
                  raises for anything the method does); run_method_sandboxed(_seeds) build the request
                  from loose parts; engine_runner(...) is an aar_ray.w2s.engine.Runner; host() probes
                  which layers this machine offers, once per process
-    launch.py    the trusted launcher (root): rlimits, cgroups, uid drop, wall clock, fds
+    launch.py    the trusted launcher (root): rlimits, cgroups, uid drop, wall clock, fds; dies with the harness
+    requirement.py  which layers a campaign requires (`sandbox.require`), resolved once on the driver
     child.py     inside the sandbox: reads the request, confines itself, runs the method per seed
     cli.py       `aar trial METHOD.py`: one method, exactly as a campaign trial runs it
 
 Process tree of one trial (described here once):
-    harness --stdin spec--> launcher (root, subreaper, per-trial cgroups, wall clock)
+    harness --stdin spec--> launcher anchor (dies with the harness) --> launcher keeper (root,
+      subreaper, per-trial cgroups, wall clock; kills the whole trial when the anchor dies)
       --fork, setsid, rlimits, private mount ns with read-only staged binds, setuid--> env -i bwrap
       --unshare-all, cap-drop ALL, disable-userns, ro binds, tmpfs scratch and /tmp--> child
       --Landlock, then seccomp, before any thread--> import torch, read the request --> the method.
 
-Layers, each recorded in SandboxResult.layers when it applied:
+Layers, each recorded in TrialOutcome.layers when it applied (the names a campaign can require, in
+config.SANDBOX_LAYERS, are uid, rlimits, cgroup, bwrap, landlock, seccomp and method-runtime; a
+required one that cannot apply makes the trial a sandbox_error before any agent code runs):
   uid        as root, a dedicated system user `aar-sandbox` (created with useradd if missing; falls
              back to `nobody` only where useradd is absent). Dedicated so that nothing else ever runs
              as it: it owns no files, and RLIMIT_NPROC counts only trials.

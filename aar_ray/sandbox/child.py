@@ -206,6 +206,10 @@ def _prepare(spec: dict):
     """Confine this process, then read the request and check its device: (request, layers).
     Raises with the layers applied so far in `_prepare.layers` when any of it fails."""
     _prepare.layers = _confine(spec)  # before torch starts any thread
+    missing = [n for n in spec.get("require", ()) if n in ("landlock", "seccomp")
+               and not any(layer.startswith(n) for layer in _prepare.layers)]
+    if missing:  # fail closed: no agent code runs without a layer the harness requires
+        raise RuntimeError(f"required sandbox layers did not apply in the child: {missing}")
     import torch
 
     from aar_ray.sandbox.contract import TrialRequest

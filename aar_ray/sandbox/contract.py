@@ -20,9 +20,9 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from aar_ray.config import RECIPES, FinetuneConfig, ProbeConfig
+from aar_ray.config import RECIPES, SANDBOX_LAYERS, FinetuneConfig, ProbeConfig
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +57,13 @@ class TrialStatus(str, Enum):
     def harness_fault(self) -> bool:
         """The harness's fault, not the method's: worth retrying, never held against the method."""
         return self in (TrialStatus.SANDBOX_ERROR, TrialStatus.LOST)
+
+
+def layer_names(layers: Iterable[str]) -> tuple[str, ...]:
+    """The SANDBOX_LAYERS named in a detailed layer list ("uid:aar-sandbox(999)", "seccomp(...)"), in
+    SANDBOX_LAYERS order: what a requirement is checked against and what a trial's run is tagged with."""
+    names = {layer.split("(")[0].split(":")[0] for layer in layers}
+    return tuple(n for n in SANDBOX_LAYERS if n in names)
 
 
 class TrialState(str, Enum):
@@ -267,6 +274,11 @@ class TrialOutcome:
     @property
     def ok(self) -> bool:
         return self.status is TrialStatus.OK
+
+    @property
+    def sandbox(self) -> tuple[str, ...]:
+        """The SANDBOX_LAYERS that applied (see `layers` for the details)."""
+        return layer_names(self.layers)
 
     def summary(self) -> dict:
         """JSON-safe: everything but the predictions."""

@@ -2,7 +2,18 @@
 sandboxed command and prints one JSON report on stdout.
 
 It is a separate, single-threaded process so that fork-then-setup is safe (the harness may be a
-multi-threaded Ray worker) and so that it can be a subreaper without changing the harness. Steps:
+multi-threaded Ray worker) and so that it can be a subreaper without changing the harness.
+
+It is two processes, so that nothing the trial started outlives the harness, however the harness
+ends (the trial's own timeout, the pool's timeout or cancel, `ray job stop`, a killed worker or node):
+  anchor  the harness's child: dies with it (parent-death signal SIGKILL). Ray kills a worker's
+          direct children with SIGKILL when it exits, so the anchor holds no state worth cleaning up;
+  keeper  the anchor's child, which runs the steps below; the anchor's death reaches it as SIGTERM
+          (parent-death signal), on which it kills every process of the trial (process group, cgroup,
+          and the orphans reparented to it as subreaper) and exits. The sandboxed command dies with the
+          keeper too (parent-death signal SIGKILL, set after the uid drop, which would clear it); under
+          bubblewrap its pid namespace, and every process in it, dies with it.
+Steps of the keeper:
   1. make itself a child subreaper; as root, create per-trial cgroups (memory, pids, cpu);
   2. fork; in the child: new session, join the cgroups, (as root) stage the read-only trees in a
      private mount namespace so that the unprivileged uid can bind them even from a 0700 home,
@@ -24,13 +35,25 @@ import sys
 import time
 from pathlib import Path
 
-PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 RLIMITS = {"as": resource.RLIMIT_AS, "cpu": resource.RLIMIT_CPU, "nofile": resource.RLIMIT_NOFILE,
            "fsize": resource.RLIMIT_FSIZE, "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _libc = ctypes.CDLL(None, use_errno=True)
+_ended = False  # set by SIGTERM in the keeper: the harness is gone, so the trial ends now
+
+
+def _die_with(parent: int, sig: int) -> bool:
+    """Have the kernel send `sig` when `parent` exits; False if it has exited already."""
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    return os.getppid() == parent
+
+
+def _on_sigterm(*_: object) -> None:
+    global _ended
+    _ended = True
 
 
 def _check(ret: int, what: str) -> None:
@@ -226,7 +249,7 @@ def _expose_in_place(paths: list[str]) -> None:
             os.close(fd)
 
 
-def _child(spec: dict, cg: Cgroups | None, err_w: int) -> None:
+def _child(spec: dict, cg: Cgroups | None, err_w: int, keeper: int) -> None:
     """Runs in the forked child; never returns (exec or _exit)."""
     try:
         os.setsid()
@@ -259,6 +282,8 @@ def _child(spec: dict, cg: Cgroups | None, err_w: int) -> None:
             os.setresuid(uid, uid, uid)
             if os.getuid() != uid or os.geteuid() != uid:
                 raise OSError(f"privilege drop to uid {uid} did not take")
+        if not _die_with(keeper, signal.SIGKILL):  # after the uid drop, which clears it
+            raise OSError("the sandbox launcher exited before the trial started")
         for p in spec.get("check_readable", []):
             if not os.access(p, os.R_OK):
                 raise PermissionError(f"sandbox uid {os.getuid()} cannot read {p} (without bubblewrap the trial reads "
@@ -322,26 +347,64 @@ def _kill_tree(cg: Cgroups | None, main: int | None) -> int:
     return len(killed)
 
 
+def _cgroups(spec: dict, report: dict) -> Cgroups | None:
+    c = spec.get("cgroup")
+    if not c:
+        return None
+    try:
+        cg = Cgroups(f"t{os.getpid()}-{os.urandom(4).hex()}", c["memory"], c["pids"], c["cpus"])
+    except OSError as e:
+        report["cgroup_error"] = str(e)
+        return None
+    report["layers"].append("cgroup(" + ",".join(cg.controllers()) + ")")
+    return cg
+
+
+def _refused(spec: dict, cg: Cgroups | None) -> str | None:
+    """Why the trial must not start: a required layer that the launcher applies could not apply."""
+    need = set(spec.get("require", ()))
+    applied = {"cgroup": cg is not None, "uid": spec.get("uid") is not None}
+    missing = [n for n, ok in applied.items() if n in need and not ok]
+    return f"required sandbox layers could not apply: {missing}" if missing else None
+
+
+def _wait(pid: int, deadline: float, report: dict) -> int:
+    """Wait for the sandboxed command; at the deadline, or when the harness is gone, kill its process
+    group. Returns its wait status."""
+    while True:
+        for p, st, ru in _reap():
+            if p == pid:
+                report["cpu_s"] = round(ru.ru_utime + ru.ru_stime, 3)
+                report["maxrss_mb"] = round(ru.ru_maxrss / 1024, 1)
+                return st
+        if _ended or time.monotonic() > deadline:
+            report["ended_by_harness" if _ended else "timed_out"] = True
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+
+
 def launch(spec: dict) -> dict:
     t0 = time.monotonic()
     report: dict = {"rc": None, "signal": None, "timed_out": False, "error": None, "leftovers_killed": 0,
                     "oom_kills": 0, "pids_max_hits": 0, "cpu_s": 0.0, "maxrss_mb": 0.0, "layers": []}
-    subreaper = _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    if subreaper:
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
         report["layers"].append("subreaper")
-    cg = None
-    if spec.get("cgroup"):
-        c = spec["cgroup"]
-        try:
-            cg = Cgroups(f"t{os.getpid()}-{os.urandom(4).hex()}", c["memory"], c["pids"], c["cpus"])
-            report["layers"].append("cgroup(" + ",".join(cg.controllers()) + ")")
-        except OSError as e:
-            report["cgroup_error"] = str(e)
+    cg = _cgroups(spec, report)
+    report["error"] = _refused(spec, cg) or ("the harness ended before the trial started" if _ended else None)
+    if report["error"]:
+        if cg is not None:
+            cg.remove()
+        return report
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    keeper = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(err_r)
-        _child(spec, cg, err_w)
+        _child(spec, cg, err_w, keeper)
     os.close(err_w)
     msg = b""
     while chunk := os.read(err_r, 4096):  # EOF at exec (CLOEXEC) or after the child reports a failure
@@ -349,23 +412,7 @@ def launch(spec: dict) -> dict:
     os.close(err_r)
     if msg:
         report["error"] = "sandbox setup failed: " + msg.decode(errors="replace")
-    deadline = t0 + float(spec["timeout_s"])
-    status = None
-    while status is None:
-        for p, st, ru in _reap():
-            if p == pid:
-                status, report["cpu_s"] = st, round(ru.ru_utime + ru.ru_stime, 3)
-                report["maxrss_mb"] = round(ru.ru_maxrss / 1024, 1)
-        if status is None:
-            if time.monotonic() > deadline:
-                report["timed_out"] = True
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                os.kill(pid, signal.SIGKILL)
-                continue
-            time.sleep(0.02)
+    status = _wait(pid, t0 + float(spec["timeout_s"]), report)
     report["leftovers_killed"] = _kill_tree(cg, None)
     if os.WIFSIGNALED(status):
         report["signal"] = os.WTERMSIG(status)
@@ -379,14 +426,34 @@ def launch(spec: dict) -> dict:
     return report
 
 
-def main() -> int:
-    spec = json.loads(sys.stdin.read())
+def _keep(spec: dict, anchor: int) -> int:
+    """The keeper: run the trial, print the report (to the harness, if it is still there)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if not _die_with(anchor, signal.SIGTERM):
+        _on_sigterm()
     try:
         report = launch(spec)
     except Exception as e:  # noqa: BLE001 - the harness must always get a report
         report = {"error": f"launcher failed: {type(e).__name__}: {e}"}
-    sys.stdout.write(json.dumps(report) + "\n")
+    try:
+        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.flush()
+    except OSError:  # the harness is gone; the trial is cleaned up all the same
+        pass
     return 0
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.read())
+    harness = spec.get("harness_pid")
+    if harness is not None and not _die_with(int(harness), signal.SIGKILL):
+        return 1  # the harness is gone already: start nothing
+    anchor = os.getpid()
+    keeper = os.fork()
+    if keeper == 0:
+        os._exit(_keep(spec, anchor))
+    _, status = os.waitpid(keeper, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Mapping
 from aar_ray.config import FinetuneConfig, ProbeConfig
 from aar_ray.sandbox import precheck
 from aar_ray.sandbox.contract import (INPUT_KEYS, SeedInputs, StudentSpec, TrialLimits, TrialOutcome, TrialRequest,
-                                      TrialStatus)
+                                      TrialStatus, layer_names)
 from aar_ray.sandbox.runtime import RuntimeView, method_runtime
 
 SANDBOX_USER = "aar-sandbox"
@@ -76,7 +76,8 @@ class SandboxLimits:
     use_seccomp: bool = True
     use_cgroup: bool = True
     require: tuple[str, ...] = ()
-    """Layers that must apply or the trial is refused: any of uid, bwrap, landlock, seccomp, cgroup, rlimits."""
+    """Layers (config.SANDBOX_LAYERS) that must apply, else the trial is a sandbox_error and no agent code runs;
+    a campaign sets them from `sandbox.require` (see requirement.py)."""
     devices: tuple[str, ...] = ()
     """Device files to expose read-write (e.g. /dev/nvidia0, /dev/nvidiactl, /dev/nvidia-uvm for a GPU trial)."""
 
@@ -226,9 +227,11 @@ def _plan(h: Host, lim: SandboxLimits, trial: Path, request: TrialRequest) -> tu
              "scratch": paths["scratch"],
              "landlock": {"read": paths["ro"] + ["/proc/self", "/proc/cpuinfo", "/dev/urandom", "/dev/random",
                                                  "/dev/zero"],
-                          "write": paths["rw"] + ["/dev/null"], "devices": list(lim.devices)} if lim.use_landlock else None,
+                          "write": paths["rw"] + ["/dev/null"], "devices": list(lim.devices)}
+             if lim.use_landlock and h.landlock_abi >= 1 else None,
              "seccomp": lim.use_seccomp and h.seccomp, "unix_sockets": use_bwrap,  # host sockets hidden by bwrap
-             "out_fd": 3, "err_fd": 4, "attest_fd": 5, "progress_fd": 6}
+             "require": list(lim.require), "out_fd": 3, "err_fd": 4, "attest_fd": 5, "progress_fd": 6}
+    launcher["require"] = list(lim.require)
     return launcher, child, layers, use_bwrap
 
 
@@ -333,7 +336,7 @@ def _share_student(student: str) -> None:
 
 
 def _required_missing(lim: SandboxLimits, layers: list[str]) -> list[str]:
-    names = {l.split("(")[0].split(":")[0] for l in layers}
+    names = layer_names(layers)
     return [r for r in lim.require if r not in names]
 
 
@@ -591,7 +594,7 @@ def _run_in(trial: Path, request: TrialRequest, source: str, lim: SandboxLimits,
     (trial / "in" / "method.py").write_text(source)
     launcher, child, layers, bwrap = _plan(h, lim, trial, request)
     expected = layers + (["cgroup"] if "cgroup" in launcher else []) + ["subreaper"] \
-        + (["landlock"] if child["landlock"] and h.landlock_abi >= 1 else []) + (["seccomp"] if child["seccomp"] else [])
+        + (["landlock"] if child["landlock"] else []) + (["seccomp"] if child["seccomp"] else [])
     missing = _required_missing(lim, expected)
     if missing:  # refuse before any agent code runs
         return TrialOutcome.failure(TrialStatus.SANDBOX_ERROR, f"required sandbox layers are unavailable here: "
@@ -612,8 +615,9 @@ def _run_in(trial: Path, request: TrialRequest, source: str, lim: SandboxLimits,
     status, reason, preds, losses, timings, failed = _classify(
         rep, lim, request.limits.memory_mb, launcher["rlimits"]["cpu"][0], trial, n_eval, bwrap, request.timeout_s)
     missing = _required_missing(lim, list(layers))
-    if missing and status is TrialStatus.OK:  # the child could not apply a required layer: do not trust the result
-        status, reason, preds, losses = TrialStatus.SANDBOX_ERROR, f"required layers did not apply: {missing}", None, {}
+    if missing:  # a required layer did not apply: whatever happened is the harness's fault, never a result
+        status, reason, preds, losses = (TrialStatus.SANDBOX_ERROR, f"required sandbox layers did not apply: {missing}"
+                                         f" (the method's own outcome: {status.value}: {reason})", None, {})
     if failed is not None and len(n_eval) > 1:
         reason = f"seed {failed}: {reason}"
     return TrialOutcome(status, reason, layers, device, dtype, preds or {},
@@ -654,10 +658,14 @@ def run_method_sandboxed_seeds(method_path: str | os.PathLike, student_dir: str 
 
 
 def _launch(spec: dict, timeout_s: float) -> dict:
-    """Start the trusted launcher and return its report (it enforces the deadline; we back it up)."""
-    cmd = [sys.executable, "-I", "-m", "aar_ray.sandbox.launch"]
+    """Start the trusted launcher and return its report (it enforces the deadline; we back it up).
+
+    The launcher dies with this process (parent-death signal): a killed Ray worker, whatever killed
+    it, takes the trial's every process with it (see launch.py).
+    """
+    spec = {**_injected_fault(spec), "harness_pid": os.getpid()}
     try:
-        p = subprocess.run(cmd, input=json.dumps(spec), capture_output=True, text=True, env={},
+        p = subprocess.run(_launcher_argv(), input=json.dumps(spec), capture_output=True, text=True, env={},
                            timeout=timeout_s + 60, start_new_session=True, close_fds=True)
     except subprocess.TimeoutExpired:
         return {"error": "the sandbox launcher itself did not finish; it was killed"}
@@ -666,6 +674,31 @@ def _launch(spec: dict, timeout_s: float) -> dict:
         return json.loads(lines[-1])
     except (IndexError, ValueError):
         return {"error": f"the sandbox launcher gave no report (exit {p.returncode}): {p.stderr.strip()[-500:]}"}
+
+
+def _launcher_argv() -> list[str]:
+    """The launcher of this very package, found by path: `-I` ignores PYTHONPATH, and an installed copy
+    may not be the checkout that runs the harness."""
+    root = str(Path(__file__).resolve().parents[2])
+    code = (f"import sys; sys.path.insert(0, {root!r}); import runpy; "
+            "runpy.run_module('aar_ray.sandbox.launch', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-I", "-c", code]
+
+
+FAULT_DIR_ENV = "AAR_FAULT_DIR"
+
+
+def _injected_fault(spec: dict) -> dict:
+    """Tests of the harness's retries only: while $AAR_FAULT_DIR/launch-once exists, the one launch that
+    removes it hands the real launcher a spec without its command, so it fails as a broken install would."""
+    d = os.environ.get(FAULT_DIR_ENV)
+    if not d:
+        return spec
+    try:
+        os.unlink(os.path.join(d, "launch-once"))
+    except FileNotFoundError:
+        return spec
+    return {k: v for k, v in spec.items() if k != "argv"}
 
 
 def engine_runner(timeout_s: float = 600.0, limits: SandboxLimits | None = None, check_source: bool = True,

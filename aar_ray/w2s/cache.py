@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from aar_ray.home import cache_dir  # noqa: F401 - where the cache lives is the results home's business
 
@@ -41,6 +41,28 @@ def building(path: Path) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def private_once(name: str, make: Callable[[], str]) -> str:
+    """The text of `<cache>/private/<name>` (0600 in a 0700 directory, never mounted in a sandbox),
+    written from `make()` by the first process that asks: atomic, and the first writer wins, so every
+    process reads the same text."""
+    d = cache_dir() / "private"
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    path = d / name
+    if not path.exists():
+        tmp = d / f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(make())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return path.read_text()
 
 
 def load(kind: str, key: str) -> Any | None:

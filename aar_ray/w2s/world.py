@@ -13,7 +13,6 @@ strong base can read from what it remembers and the weak base often cannot.
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
 from dataclasses import dataclass
 from functools import lru_cache
@@ -110,24 +109,9 @@ def _split_groups(rng: np.random.Generator, groups: list[int], cfg: WorldConfig)
 def secret_seed() -> int:
     """This installation's world seed: drawn once (62 random bits: no method can try them all),
     stored 0600 in a 0700 directory of the cache, which sandboxes never mount."""
-    from aar_ray.w2s.cache import cache_dir
+    from aar_ray.w2s.cache import private_once
 
-    d = cache_dir() / "private"
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
-    path = d / SECRET_FILE
-    if not path.exists():
-        tmp = d / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(str(secrets.randbits(62)))
-        try:
-            os.link(tmp, path)  # atomic, and the first writer wins: every process reads the same seed
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-    return int(path.read_text().strip())
+    return int(private_once(SECRET_FILE, lambda: str(secrets.randbits(62))).strip())
 
 
 def resolve_seed(cfg: WorldConfig) -> tuple[WorldConfig, bool]:
