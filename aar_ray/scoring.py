@@ -84,6 +84,7 @@ class TrialRecord:
     flags: set[str] = field(default_factory=set)
     private: dict = field(default_factory=dict)  # audit and held-out results
     sandbox: list = field(default_factory=list)  # the sandbox layers its trial ran under (config.SANDBOX_LAYERS)
+    job: dict = field(default_factory=dict)  # the child's device, dtype, peak GPU memory and samples/s
 
 
 class Scorer:
@@ -241,11 +242,12 @@ class Scorer:
 
     def score(self, researcher: str, trial_id: str, name: str, source: str, fidelity: str, preds_by_seed: dict,
               losses_by_seed: dict | None = None, times: tuple[float, float] | None = None,
-              sandbox: tuple[str, ...] = ()) -> dict:
+              sandbox: tuple[str, ...] = (), job: dict | None = None) -> dict:
         """Researcher-facing: score a trial, record everything, return validation numbers only (rounded).
         A trial not yet admitted counts as a query here; predictions that are not a result (a seed
         missing, invalid values) raise before anything is counted. `sandbox`: the layers the trial ran
-        under (`TrialOutcome.sandbox`; none for a trusted in-process run), tagged on its run."""
+        under (`TrialOutcome.sandbox`; none for a trusted in-process run), tagged on its run. `job`:
+        what the child reported of its run (device, dtype, peak_gpu_mb, samples_per_s), logged too."""
         if trial_id in self.trials:  # the same job's result again (a resumed pool): nothing new to count
             return self._val_view(self.trials[trial_id])
         val, test, seeds, preds = self._score_seeds("primary", preds_by_seed)
@@ -254,7 +256,7 @@ class Scorer:
         for r in seeds:
             r.losses = [tuple(x) for x in (losses_by_seed or {}).get(r.seed, [])]
         rec = TrialRecord(trial_id, researcher, name, source, fidelity, val, test, seeds, time.time(), len(self.trials),
-                          sandbox=list(sandbox))
+                          sandbox=list(sandbox), job=dict(job or {}))
         self.trials[trial_id] = rec
         view = self._val_view(rec)
         if researcher not in self.exempt:
@@ -419,7 +421,11 @@ class Scorer:
                         **({"aar.baseline": rec.name} if rec.researcher in self.exempt else {})},
             weak_key=exp.weak.key, strong_key=exp.strong.key, eval_splits=splits, times=times,
             run_name=run_name(rec.researcher, rec.trial_id, rec.name, rec.source))
-        self.tracker.log_metrics(out.run_id, {"wall_time_s": rec.submitted - self.t0, "trial_index": rec.index})
+        self.tracker.log_metrics(out.run_id, {"wall_time_s": rec.submitted - self.t0, "trial_index": rec.index,
+                                              **{k: float(rec.job[k]) for k in ("peak_gpu_mb", "samples_per_s")
+                                                 if rec.job.get(k) is not None}})
+        if rec.job.get("device"):
+            self.tracker.set_tags(out.run_id, {"aar.device": rec.job["device"], "aar.dtype": rec.job.get("dtype", "")})
         return out.run_id
 
     def record_unscored(self, researcher: str, trial_id: str, name: str, source: str, fidelity: str, status: str,

@@ -80,6 +80,11 @@ def test_harness_fault_retried_then_scored_once_with_its_layers(service):
     assert [r.info.status for r in runs] == ["FINISHED"]  # one run: no unscored record of the failed attempt
     assert runs[0].data.tags[tracking.SANDBOX] == ",".join(service["sandbox"])
     assert set(service["sandbox"]) >= {"rlimits", "landlock", "seccomp", "method-runtime"}
+    # what the child ran on, and how fast, on the trial's run (a GPU run adds trial peak GPU memory)
+    assert (runs[0].data.tags["aar.device"], runs[0].data.tags["aar.dtype"]) == ("cpu", "float32")
+    assert runs[0].data.metrics["samples_per_s"] > 0 and "peak_gpu_mb" not in runs[0].data.metrics
+    # the run's clock is the job's: it started before it was scored and lasted as long as the job
+    assert runs[0].info.end_time - runs[0].info.start_time > 1000
     with sqlite3.connect(service["run"] / "ledger.db") as c:
         assert c.execute("SELECT COUNT(*) FROM ledger WHERE key='r0-t1'").fetchone()[0] == 1
 

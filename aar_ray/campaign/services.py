@@ -185,7 +185,8 @@ class TrialService:
             info = handle.info()  # the job's own clock: the trial run shows how long the trial really took
             times = (info.started_at, info.finished_at) if info.started_at and info.finished_at else None
             val = ray.get(self.scorer.score.remote(sub.owner, trial_id, sub.name, sub.source, sub.fidelity,
-                                                   dict(out.preds), dict(out.losses), times, out.sandbox))
+                                                   dict(out.preds), dict(out.losses), times, out.sandbox,
+                                                   out.job()))
         except Exception as e:  # budget refusal, invalid predictions, or the scorer lost past its restarts
             cause = getattr(e, "cause", None) or e  # a Ray task error carries the scorer's exception
             status = TrialStatus.REFUSED if isinstance(cause, QueryBudgetExceeded) else \

@@ -280,10 +280,22 @@ def main(argv: list[str]) -> int:
         records.append(_record(seed, preds, losses))
         del preds
         timings["student_reloads"] = timings.get("student_reloads", 0) + student.check()
+    timings |= _throughput(request, timings["run_s"])
     head = {"format": "aar-preds-v2", "seeds": [h for h, _ in records], "timings": timings}
     with os.fdopen(spec["out_fd"], "wb") as f:
         f.write(json.dumps(head).encode() + b"\n" + b"".join(body for _, body in records))
     return 0
+
+
+def _throughput(request, run_s: float) -> dict:
+    """Training examples per second over every seed, and the GPU memory the run peaked at (MiB)."""
+    import torch
+
+    n = sum(int(s.train_ids.shape[0]) for s in request.seeds)
+    out = {"samples_per_s": n / run_s if run_s > 0 else 0.0}
+    if request.student.device.startswith("cuda") and torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def _import_method(path: str):

@@ -275,6 +275,11 @@ class TrialOutcome:
     def ok(self) -> bool:
         return self.status is TrialStatus.OK
 
+    def job(self) -> dict:
+        """What the run reports of the hardware it used: device, dtype, peak GPU memory (MiB), samples/s."""
+        return {"device": self.device, "dtype": self.dtype, "peak_gpu_mb": self.timings.get("peak_gpu_mb"),
+                "samples_per_s": self.timings.get("samples_per_s")}
+
     @property
     def sandbox(self) -> tuple[str, ...]:
         """The SANDBOX_LAYERS that applied (see `layers` for the details)."""
