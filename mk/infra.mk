@@ -38,7 +38,7 @@ cluster-down: setup
 # carry this checkout's git SHA. MLFLOW_TRACKING_URI, when set here, goes with the job (not a secret;
 # credentials travel only through cluster.env or a Secret).
 submit: setup
-	$(BIN)/aar submit experiments/$(PRESET).yaml $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(foreach a,$(ARGS),'$(a)')
+	$(strip $(BIN)/aar submit experiments/$(PRESET).yaml $(foreach a,$(ARGS),'$(a)') $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)))
 
 infra-validate: setup
 	$(BIN)/python -m pytest -q tests/test_infra.py
