@@ -88,13 +88,13 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _python_minor() -> str:
-    """'3.11' from requires-python '>=3.11,<3.12' (the project targets exactly one minor version)."""
+def _python_minors() -> list[str]:
+    """['3.11', '3.12', '3.13'] from requires-python '>=3.11,<3.14' (one major, a closed range of minors)."""
     spec = _pyproject()["project"]["requires-python"]
     lo = re.search(r">=\s*(\d+)\.(\d+)", spec)
     hi = re.search(r"<\s*(\d+)\.(\d+)", spec)
-    assert lo and hi and (int(hi[1]), int(hi[2])) == (int(lo[1]), int(lo[2]) + 1), spec
-    return f"{lo[1]}.{lo[2]}"
+    assert lo and hi and hi[1] == lo[1] and int(hi[2]) > int(lo[2]), spec
+    return [f"{lo[1]}.{m}" for m in range(int(lo[2]), int(hi[2]))]
 
 
 def _ray_cluster_specs() -> list[tuple[str, dict]]:
@@ -527,15 +527,16 @@ def test_launcher_node_types_and_setup(path):
 
 
 def test_pinned_versions_agree():
-    pins, py = _pins(), _python_minor()
+    pins, minors = _pins(), _python_minors()
     ray_v, version = pins["ray"], _pyproject()["project"]["version"]
-    pytag = "py" + py.replace(".", "")
     import ray
 
     assert ray.__version__ == ray_v, "the installed Ray is not pyproject's"
-    # The image: Ray's base image for this Ray and Python; the tag it is built as.
+    # The image: Ray's base image for this Ray and a Python that pyproject supports; the tag it is built as.
     (base,) = [ln.split()[1] for ln in _dockerfile_lines() if ln.startswith("FROM")]
-    assert re.fullmatch(rf"rayproject/ray:{re.escape(ray_v)}-{pytag}(-[\w]+)?(@sha256:[0-9a-f]+)?", base), base
+    m = re.fullmatch(rf"rayproject/ray:{re.escape(ray_v)}-(py3\d+)(-[\w]+)?(@sha256:[0-9a-f]+)?", base)
+    pytag = m and m[1]
+    assert pytag in {"py" + v.replace(".", "") for v in minors}, (base, minors)
     image_tag = f"{version}-ray{ray_v}-{pytag}"
     assert f"{IMAGE_REPO}:{image_tag}" in DOCKERFILE.read_text(), "the build command's tag in the Dockerfile"
     # The manifests: rayVersion, and every project image at that tag.
