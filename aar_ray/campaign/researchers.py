@@ -19,7 +19,7 @@ def make_brain(kind: str, direction: str, seed: int, cfg: CampaignConfig):
         return ClaudeBrain(cfg.claude, system_prompt(direction), seed=seed, budget=cfg.researcher)
     from aar_ray.agents.offline import OfflineBrain
 
-    return OfflineBrain(direction, seed=seed)
+    return OfflineBrain(direction, seed=seed, recipe=cfg.w2s.recipe)
 
 
 class ResearcherActor:

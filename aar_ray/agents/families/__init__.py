@@ -4,8 +4,9 @@ A family is a module here defining
     NAME     its name, the prefix of every method it writes (`elicit_3`);
     SPACE    its parameters, each with the choices a researcher would try;
     OPENER   its first idea: what a researcher new to the family tries first;
-    TRAINS   whether its methods train a student (only then does fidelity "quick" change a result);
     RECIPES  the recipes (`ctx.recipe`) it is written for;
+    trains(params) -> bool        (optional, default True) whether the method trains a student: only
+                                  then does fidelity "quick" change its result;
     canonical(params) -> params   the parameters that matter for those choices (the rest dropped, so
                                   two equal methods are one file);
     write(params) -> source       a method file: a docstring saying what it does and why, the
@@ -40,6 +41,12 @@ def canonical(family: str, params: dict) -> dict:
     if unknown:
         raise ValueError(f"family {family!r} has no parameters {sorted(unknown)}")
     return fam.canonical({**fam.OPENER, **params})
+
+
+def trains(family: str, params: dict) -> bool:
+    """Whether the method trains a student (a family without `trains` always does)."""
+    fn = getattr(FAMILIES[family], "trains", None)
+    return True if fn is None else bool(fn(canonical(family, params)))
 
 
 def write(family: str, params: dict) -> str:
