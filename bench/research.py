@@ -3,10 +3,15 @@
 Both search the method families of `aar_ray.agents.families` (family choice plus each family's
 parameters; Tune gets them as a conditional, define-by-run Optuna space), on pinned worlds (public
 seeds), with the same number of scored trials, scored by the same scorer on the same harness seeds.
-The offline team is three researchers with their own directions and query budgets; Tune is one
-searcher with the team's whole budget. A team's best is its best trial by validation PGR (what it
-could see), reported with that trial's hidden test PGR and its position among the team's trials
-(trials-to-best, 1-based). Beside them: naive, and the headroom reference (bench/headroom.py).
+The offline team is three researchers with their own directions and query budgets: `offline` has the
+campaign preset's directions (experiments/quick.yaml), `offline_probing` swaps teacher calibration for
+representation probing (a direction that starts in the elicitation family), to show what a direction
+is worth. Tune is one searcher with the team's whole budget, run with Optuna seeds TUNE_SEEDS (the
+`tune_*` keys are seed 0). A team's best is its best trial by validation PGR (what it could see),
+reported with that trial's hidden test PGR and its position among the team's trials (trials-to-best,
+1-based). Beside them: naive, and the headroom reference (bench/headroom.py). Scoring is
+deterministic, so a method file run once on a world is not run again for another team: its
+predictions are reused (`memo`), and every team is still scored, and counted, for each of its trials.
 Writes bench/results/research.json: {"worlds": {"0": {...}, ...}, ...}.
 Run alone: .venv/bin/python bench/research.py [trials_per_researcher] [world seeds...]
 """
@@ -24,6 +29,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["AAR_TRACKING"] = "off"
 DIRECTIONS = ["data selection and filtering", "loss design", "teacher calibration"]
+TEAMS = {"offline": DIRECTIONS,
+         "offline_probing": ["data selection and filtering", "loss design", "representation probing"]}
+TUNE_SEEDS = [0, 1]
 WORLDS = [0, 1, 2]
 
 
@@ -35,32 +43,39 @@ def _scorer(trials_each: int, world_seed: int = 0):
     from aar_ray.scoring import Scorer
 
     cfg = load_config(W2SConfig, ROOT / "experiments/w2s_quick.yaml", ["torch_threads=1", f"world.seed={world_seed}"])
-    return Scorer(cfg, ScoringConfig(seeds=[0, 1, 2], query_budget=trials_each), exempt=("driver", "tune"))
+    tune = tuple(f"tune{s}" for s in TUNE_SEEDS)
+    return Scorer(cfg, ScoringConfig(seeds=[0, 1, 2], query_budget=trials_each), exempt=("driver",) + tune)
 
 
-def run_inline(scorer, source: str, fidelity: str = "full") -> dict:
-    """Run a method on the scorer's request in-process (trusted, harness-written methods only) -> predictions."""
+def run_inline(scorer, source: str, fidelity: str = "full", memo: dict | None = None) -> dict:
+    """Run a method on the scorer's request in-process (trusted, harness-written methods only) -> predictions;
+    `memo` maps (source, fidelity) to predictions already made on this world."""
     from aar_ray.sandbox.trial import run_trusted
 
-    return dict(run_trusted(source, scorer.request(fidelity)).preds)
+    memo = {} if memo is None else memo
+    if (source, fidelity) not in memo:
+        memo[(source, fidelity)] = dict(run_trusted(source, scorer.request(fidelity)).preds)
+    return memo[(source, fidelity)]
 
 
 class _Jobs:
-    def __init__(self, scorer, forum):
-        self.scorer, self.forum = scorer, forum
+    def __init__(self, scorer, forum, memo: dict):
+        self.scorer, self.forum, self.memo = scorer, forum, memo
 
     def __call__(self, trial_id, owner, source, fidelity, name):
         from aar_ray.sandbox.contract import TrialState
         from aar_ray.w2s.methods import source_hash
 
-        val = self.scorer.score(owner, trial_id, name, source, fidelity, run_inline(self.scorer, source, fidelity))
+        preds = run_inline(self.scorer, source, fidelity, self.memo)
+        val = self.scorer.score(owner, trial_id, name, source, fidelity, preds)
         self.forum.upsert_trial(trial_id, owner, source_hash(source), name, fidelity, TrialState.SCORED, val)
 
     def owner_status(self, owner):
         return {"gpu_seconds": 0.0}
 
 
-def offline_team(scorer, trials_each: int, workdir: Path, directions: list[str] = DIRECTIONS) -> list[dict]:
+def offline_team(scorer, trials_each: int, workdir: Path, directions: list[str] = DIRECTIONS,
+                 memo: dict | None = None) -> list[dict]:
     """The offline researchers, taking turns step by step as concurrent actors would interleave."""
     from aar_ray.agents.base import ResearchOutcome
     from aar_ray.agents.offline import OfflineBrain
@@ -69,7 +84,7 @@ def offline_team(scorer, trials_each: int, workdir: Path, directions: list[str] 
     from aar_ray.forum import Forum
 
     forum = Forum(workdir / "forum.db", n_seeds=len(scorer.seeds))
-    jobs = _Jobs(scorer, forum)
+    jobs = _Jobs(scorer, forum, {} if memo is None else memo)
     naive = next(r for r in scorer.driver_results() if r["trial_id"] == "naive")
     forum.add_method("naive", "driver", "naive", "", "the reference line")
     forum.upsert_trial("naive", "driver", "naive", "naive", "full", "scored", {"val_pgr": naive["val_pgr"], "seeds": 3})
@@ -103,7 +118,7 @@ def tune_space(recipe: str):
     return define
 
 
-def tune_team(scorer, n_trials: int, seed: int = 0) -> list[dict]:
+def tune_team(scorer, n_trials: int, seed: int = 0, memo: dict | None = None) -> list[dict]:
     """Ray Tune's Optuna searcher (TPE) on the same space; a configuration it proposes again is answered
     from its own record without a trial, so it too spends its budget on distinct methods."""
     import ray
@@ -124,11 +139,12 @@ def tune_team(scorer, n_trials: int, seed: int = 0) -> list[dict]:
             key = json.dumps([fam, params], sort_keys=True)
             if key not in seen:
                 src, name = families.write(fam, params), f"{fam}_t{len(seen) + 1}"
-                seen[key] = scorer.score("tune", name, name, src, "full", run_inline(scorer, src))["val_pgr"]["mean"]
+                preds = run_inline(scorer, src, "full", memo)
+                seen[key] = scorer.score(f"tune{seed}", f"{name}_s{seed}", name, src, "full", preds)["val_pgr"]["mean"]
             searcher.on_trial_complete(f"s{i}", {"val_pgr": seen[key]})
     finally:
         ray.shutdown()
-    return [x for x in scorer.driver_results() if x["researcher"] == "tune"]
+    return [x for x in scorer.driver_results() if x["researcher"] == f"tune{seed}"]
 
 
 def team_summary(rows: list[dict], prefix: str) -> dict:
@@ -161,36 +177,45 @@ def reference(world: int) -> dict:
     return {"reference_val_pgr": r["reference_val_pgr"], "reference_test_pgr": r["reference_test_pgr"]}
 
 
-def one_world(world: int, trials_each: int) -> dict:
+def _naive(scorer, memo: dict) -> dict:
+    """The driver's naive line on this scorer: val mean and std, test mean."""
     from aar_ray.w2s.methods import resolve
 
-    t0 = time.time()
-    scorer = _scorer(trials_each, world)
-    naive_src = resolve("naive").read_text()
-    naive = scorer.score("driver", "naive", "naive", naive_src, "full", run_inline(scorer, naive_src))
-    naive_test = next(r for r in scorer.driver_results() if r["trial_id"] == "naive")["test_pgr"]
-    out = {"naive_val_pgr": naive["val_pgr"]["mean"], "naive_pgr_std": naive["val_pgr"]["std"],
-           "naive_test_pgr": naive_test["mean"], **reference(world)}
-    t1 = time.time()
-    out |= team_summary(offline_team(scorer, trials_each, Path(tempfile.mkdtemp(prefix="aar_bench_research_"))),
-                        "offline")
-    t2 = time.time()
-    out |= team_summary(tune_team(scorer, trials_each * len(DIRECTIONS)), "tune")
-    out |= {"offline_s": t2 - t1, "tune_s": time.time() - t2, "seconds": time.time() - t0}
+    src = resolve("naive").read_text()
+    scorer.score("driver", "naive", "naive", src, "full", run_inline(scorer, src, "full", memo))
+    row = next(r for r in scorer.driver_results() if r["trial_id"] == "naive")
+    return {"naive_val_pgr": row["val_pgr"]["mean"], "naive_pgr_std": row["val_pgr"]["std"],
+            "naive_test_pgr": row["test_pgr"]["mean"]}
+
+
+def one_world(world: int, trials_each: int) -> dict:
+    t0, memo, out = time.time(), {}, reference(world)
+    for team, directions in TEAMS.items():  # one scorer per team: its own query budgets and trial records
+        t1, scorer = time.time(), _scorer(trials_each, world)
+        out |= _naive(scorer, memo)
+        rows = offline_team(scorer, trials_each, Path(tempfile.mkdtemp(prefix="aar_bench_research_")), directions, memo)
+        out |= team_summary(rows, team) | {f"{team}_s": time.time() - t1}
+    t1, scorer, seeds = time.time(), _scorer(trials_each, world), []
+    _naive(scorer, memo)
+    for seed in TUNE_SEEDS:
+        summary = team_summary(tune_team(scorer, trials_each * len(DIRECTIONS), seed, memo), "tune")
+        seeds.append({"seed": seed, **{k[5:]: v for k, v in summary.items()}})
+        out |= summary if seed == TUNE_SEEDS[0] else {}
+    out |= {"tune_seeds": seeds, "tune_s": time.time() - t1, "seconds": time.time() - t0}
     return out
 
 
 def main(trials_each: int = 8, worlds: list[int] = WORLDS) -> dict:
     t0 = time.time()
     out = {"trials_per_team": trials_each * len(DIRECTIONS), "trials_per_researcher": trials_each,
-           "directions": DIRECTIONS, "seeds": [0, 1, 2], "worlds": {}}
+           "teams": TEAMS, "tune_seeds": TUNE_SEEDS, "seeds": [0, 1, 2], "worlds": {}}
     for w in worlds:
         out["worlds"][str(w)] = r = one_world(w, trials_each)
-        print(f"world {w}: naive val {r['naive_val_pgr']:+.3f} | offline best val {r['offline_best_val_pgr']:+.3f} "
-              f"test {r['offline_best_test_pgr']:+.3f} ({r['offline_best']}, trial {r['offline_trials_to_best']}) | "
-              f"Tune best val {r['tune_best_val_pgr']:+.3f} test {r['tune_best_test_pgr']:+.3f} ({r['tune_best']}, "
-              f"trial {r['tune_trials_to_best']}) | reference val {r['reference_val_pgr']:+.3f} ({r['seconds']:.0f}s)",
-              flush=True)
+        line = " | ".join(f"{k} best val {r[k + '_best_val_pgr']:+.3f} test {r[k + '_best_test_pgr']:+.3f} "
+                          f"({r[k + '_best']}, trial {r[k + '_trials_to_best']})" for k in [*TEAMS, "tune"])
+        print(f"world {w}: naive val {r['naive_val_pgr']:+.3f} | {line} | Tune seeds "
+              f"{[round(x['best_val_pgr'], 3) for x in r['tune_seeds']]} | reference val {r['reference_val_pgr']:+.3f} "
+              f"({r['seconds']:.0f}s)", flush=True)
     out["wall_s"] = time.time() - t0
     dest = ROOT / "bench/results/research.json"
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -302,8 +302,11 @@ class OfflineBrain:
                                f"moving from {old} to {fam}.", lead["tid"]])
         elif mine:
             val, _, tid, name = max(mine)  # the earliest of equals
-            self.notes.append([f"[{old}] plateau after {len(mine)} trials, best val PGR {val:.2f} ({name}); no gain "
-                               f"of {MIN_GAIN} in my last {PATIENCE}. Moving on to {fam} ({why}).", tid])
+            below = self.naive is not None and val < self.naive + MIN_GAIN
+            reason = (f"no variant beat naive ({self.naive:.2f}) by {MIN_GAIN}" if below else
+                      f"no gain of {MIN_GAIN} in my last {PATIENCE}")
+            self.notes.append([f"[{old}] plateau after {len(mine)} trials, best val PGR {val:.2f} ({name}); "
+                               f"{reason}. Moving on to {fam} ({why}).", tid])
         return fam
 
     def _params_in(self, fam: str) -> tuple[dict | None, str]:
