@@ -46,10 +46,10 @@ def builtin_methods() -> list[str]:
 
 
 def research_directions() -> list[str]:
-    """Research directions the offline brain knows (`aar_ray.agents.offline.DIRECTION_KEYS`)."""
-    from aar_ray.agents.offline import DIRECTION_KEYS
+    """Research directions the offline brain knows (`aar_ray.agents.offline.DIRECTIONS`)."""
+    from aar_ray.agents.offline import DIRECTIONS
 
-    return list(DIRECTION_KEYS)
+    return list(DIRECTIONS)
 
 
 @dataclass(frozen=True)

@@ -72,12 +72,12 @@ def test_type_errors_say_what_is_expected_without_omegaconf_jargon(override, mes
 
 
 def test_names_come_from_their_registries():
-    from aar_ray.agents.offline import DIRECTION_KEYS
+    from aar_ray.agents.offline import DIRECTIONS
     from aar_ray.w2s.methods import BUILTINS, METHODS_DIR
     from aar_ray.w2s.tasks import TASKS
 
     assert set(BUILTINS) == {p.stem for p in METHODS_DIR.glob("*.py")} - {"__init__"} and BUILTINS[0] == "naive"
-    assert C.task_names() == sorted(TASKS) and C.research_directions() == list(DIRECTION_KEYS)
+    assert C.task_names() == sorted(TASKS) and C.research_directions() == list(DIRECTIONS)
     assert CampaignConfig().baselines == list(BUILTINS) and W2SConfig().methods == list(BUILTINS)
     with pytest.raises(ConfigError, match=r"unknown task 'nope'; choose " + ", ".join(sorted(TASKS))):
         load_config(W2SConfig, None, ["task=nope"])

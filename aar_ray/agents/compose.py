@@ -9,7 +9,9 @@ input group), loss (cross-entropy, Burns' auxiliary confidence loss, bootstrappi
 """
 from __future__ import annotations
 
+import ast
 import json
+import re
 
 from aar_ray.agents.tools import COMPOSITION_SCHEMA
 
@@ -120,3 +122,15 @@ def compile_composition(composition: dict) -> str:
     spec = normalize(composition)
     return _TEMPLATE.format(summary=summary(spec), spec=json.dumps(spec, sort_keys=True).replace("null", "None")
                             .replace("true", "True").replace("false", "False"))
+
+
+def spec_from_source(source: str) -> dict | None:
+    """The SPEC dict of a composed method's source, or None for any other method."""
+    m = re.search(r"^SPEC = (\{.*\})$", source, re.M)
+    if not m:
+        return None
+    try:
+        spec = ast.literal_eval(m.group(1))
+    except (ValueError, SyntaxError):
+        return None
+    return spec if isinstance(spec, dict) else None

@@ -61,7 +61,7 @@ def make_brain(kind: str, rid: str, direction: str, seed: int, cfg: CampaignConf
                            tracer=make_tracer(cfg, rid, researcher_run))
     from aar_ray.agents.offline import OfflineBrain
 
-    return OfflineBrain(direction, seed=seed)
+    return OfflineBrain(direction, seed=seed, recipe=cfg.w2s.recipe)
 
 
 class ResearcherActor:
