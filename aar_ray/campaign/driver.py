@@ -393,6 +393,7 @@ def run_campaign(cfg: CampaignConfig) -> Path:
     run.tracker.set_tags(run.campaign_run, {"aar.sandbox.require": ",".join(sandbox.required) or "none"})
     print(f"[aar] {sandbox.describe()}", flush=True)
     started_ray = connect_ray(run.cfg, namespace=f"aar-{run.cfg.campaign_id}")
+    install_stop_handlers()  # ray.init replaced them with its own, which dies on SIGTERM without a word
     progress = Progress(run.cfg.progress, [(r, run.directions[r]) for r in run.rids])
     try:
         run.cfg, note = fit_to_cluster(run.cfg, *cluster_gpus())
@@ -425,21 +426,28 @@ class CampaignFailed(CampaignError):
     """The campaign ran but produced no result (its report says why)."""
 
 
-_STOPPING: dict[str, str] = {}  # what the stop handler needs to say how to resume
+_STOPPING: dict = {}  # what the stop handler needs to say how to resume: preset, overrides, campaign_id
 
 
-def _on_stop(preset: str, overrides: list[str]):
+def _on_stop(signum, frame):
     """SIGTERM (`ray job stop`, a scheduler) or SIGINT: say how to resume, then stop. Everything
     recorded so far stays; the same campaign_id continues it."""
-    def handler(signum, frame):
-        cid = _STOPPING.get("campaign_id")
-        if cid:
-            args = " ".join([preset, *[o for o in overrides if not o.startswith("campaign_id=")], f"campaign_id={cid}"])
-            print(f"\n[aar] stopped by {signal.Signals(signum).name}; nothing recorded is lost. To resume: "
-                  f"ray job submit --working-dir . -- python -m aar_ray campaign {args}   (or: aar submit {args})",
-                  flush=True)
-        raise SystemExit(128 + signum)
-    return handler
+    cid = _STOPPING.get("campaign_id")
+    if cid:
+        overrides = [o for o in _STOPPING["overrides"] if not o.startswith("campaign_id=")]
+        args = " ".join([_STOPPING["preset"], *overrides, f"campaign_id={cid}"])
+        print(f"\n[aar] stopped by {signal.Signals(signum).name}; nothing recorded is lost. To resume: "
+              f"ray job submit --working-dir . -- python -m aar_ray campaign {args}   (or: aar submit {args})",
+              flush=True)
+    raise SystemExit(128 + signum)
+
+
+def install_stop_handlers() -> None:
+    """Route SIGTERM and SIGINT to `_on_stop` when `campaign_main` runs this process (not when a
+    library caller does). Called again after `ray.init`, which installs Ray's own handlers."""
+    if "preset" in _STOPPING:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _on_stop)
 
 
 def campaign_main(preset: str, overrides: list[str]) -> int:
@@ -448,8 +456,8 @@ def campaign_main(preset: str, overrides: list[str]) -> int:
 
     cfg = load_config(CampaignConfig, preset, overrides)
     check_env()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _on_stop(preset, overrides))
+    _STOPPING.update(preset=preset, overrides=list(overrides))
+    install_stop_handlers()
     try:
         run_campaign(cfg)
     except CampaignFailed:
