@@ -468,6 +468,21 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class BackfillConfig:
+    """Backfill (`aar_ray/campaign/backfill.py`): GPUs the researchers leave idle run, below every researcher
+    job, one-seed pieces of the work the final stage will run anyway."""
+
+    enabled: bool = True
+    """During the research, send the held-out evaluations and shuffled-teacher audits of the current top trials
+    (by validation PGR; `scoring.top_k`, plus naive) to the pool as backfill; the final stage reuses them by key."""
+    interval_s: float = 5.0
+    """How often the producer reads the leaderboard for new top trials."""
+
+    def __post_init__(self) -> None:
+        _check(self.interval_s > 0, "backfill.interval_s", f"must be > 0, got {self.interval_s}")
+
+
+@dataclass(frozen=True)
 class ModelPrice:
     """List prices of one model in US$ per million tokens."""
 
@@ -601,6 +616,8 @@ class CampaignConfig:
     """The sandbox layers every trial must run under."""
     pool: PoolConfig = field(default_factory=PoolConfig)
     """Task pool policy."""
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    """Idle GPUs run the final stage's pieces ahead of it."""
     claude: ClaudeConfig = field(default_factory=ClaudeConfig)
     """The Claude brain."""
     ray: RayConnect = field(default_factory=RayConnect)
