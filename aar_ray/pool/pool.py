@@ -225,8 +225,8 @@ class TaskPool:
             return None
         known = self._by_key.get(spec.key)
         if known is not None and known.status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE):
-            if not spec.backfill:
-                known.backfill = False  # a researcher now waits for it: it leaves the backfill class
+            if not spec.backfill and not known.status.terminal:
+                known.backfill = False  # someone now waits for it: it leaves the backfill class
             return known
         entry = self.ledger.get(spec.key)
         if entry is None:
