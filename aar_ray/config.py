@@ -448,17 +448,38 @@ class PoolConfig:
     """A GPU worker actor that is not up by then is abandoned and its job counted as an attempt."""
     capacity_refresh_s: float = 0.5
     """How often the dispatcher re-reads cluster GPUs and live nodes (they change when nodes die)."""
+    backfill_preempt_after_s: Optional[float] = None
+    """A researcher job queued this long cancels the youngest running backfill pieces that make room for it
+    (they are requeued, not counted as attempts); None: backfill is never cancelled, a researcher job waits
+    for one piece to end."""
 
     def __post_init__(self) -> None:
         _check(self.max_in_flight >= 1, "pool.max_in_flight", f"must be >= 1, got {self.max_in_flight}")
         _check(all(w > 0 for w in self.weights.values()), "pool.weights", f"must be positive, got {self.weights}")
         _check(self.tick_s > 0, "pool.tick_s", f"must be > 0, got {self.tick_s}")
+        _check(self.backfill_preempt_after_s is None or self.backfill_preempt_after_s >= 0,
+               "pool.backfill_preempt_after_s", f"must be >= 0 or null, got {self.backfill_preempt_after_s}")
 
     def quota_for(self, owner: str) -> Optional[float]:
         return self.quota_gpu_s.get(owner, self.default_quota_gpu_s)
 
     def weight_for(self, owner: str) -> float:
         return self.weights.get(owner, 1.0)
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    """Backfill (`aar_ray/campaign/backfill.py`): GPUs the researchers leave idle run, below every researcher
+    job, one-seed pieces of the work the final stage will run anyway."""
+
+    enabled: bool = True
+    """During the research, send the held-out evaluations and shuffled-teacher audits of the current top trials
+    (by validation PGR; `scoring.top_k`, plus naive) to the pool as backfill; the final stage reuses them by key."""
+    interval_s: float = 5.0
+    """How often the producer reads the leaderboard for new top trials."""
+
+    def __post_init__(self) -> None:
+        _check(self.interval_s > 0, "backfill.interval_s", f"must be > 0, got {self.interval_s}")
 
 
 @dataclass(frozen=True)
@@ -595,6 +616,8 @@ class CampaignConfig:
     """The sandbox layers every trial must run under."""
     pool: PoolConfig = field(default_factory=PoolConfig)
     """Task pool policy."""
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    """Idle GPUs run the final stage's pieces ahead of it."""
     claude: ClaudeConfig = field(default_factory=ClaudeConfig)
     """The Claude brain."""
     ray: RayConnect = field(default_factory=RayConnect)

@@ -123,6 +123,8 @@ class Scorer:
     def _experiment(self, task: str):
         from aar_ray.w2s import engine
 
+        if task in self._exp:  # built: no lock, so a held-out task building (for backfill) never stalls a trial
+            return self._exp[task]
         with self._building:  # the actor serves requests on several threads; build each experiment once
             return self._experiment_locked(task, engine)
 
@@ -137,6 +139,8 @@ class Scorer:
     def _baseline(self, task: str, seed: int):
         from aar_ray.w2s import engine
 
+        if (task, seed) in self._base:
+            return self._base[(task, seed)]
         with self._building:
             if (task, seed) not in self._base:
                 self._base[(task, seed)] = engine.baseline(self._experiment(task), seed)

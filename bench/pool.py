@@ -1,15 +1,19 @@
 """Benchmark the task pool against raw Ray and against one-GPU-per-researcher.
 
-    python bench/pool.py            # ~2.5 min on 2 cores; writes bench/results/pool.json
+    python bench/pool.py            # ~3.5 min on 2 cores; writes bench/results/pool.json
 
 Three measurements, all on one private Ray instance with 8 logical GPUs, in this one run:
 - overhead: N no-op one-GPU jobs through the pool vs the same N as raw Ray GPU tasks (Ray's default,
   a fresh process per GPU task), also vs raw calls on 8 long-lived GPU actors (the mechanism the pool
   uses; pure pool overhead) and, for CPU no-ops, vs raw CPU tasks;
 - utilization: 9 simulated researchers loop think -> submit a batch of seeds -> read results, for a
-  fixed window. Pool: they keep thinking while jobs run (up to 2 batches outstanding). Baseline: each
-  runs its seeds one at a time on its own fixed GPU (researchers 0 and 8 share GPU 0, as round-robin
-  CUDA_VISIBLE_DEVICES would). GPU-busy fraction from worker-side job start/end times;
+  fixed window. Pool: they keep thinking while jobs run (up to 2 batches outstanding), first alone, then
+  with a backfill producer keeping idle GPUs on one-seed pieces the campaign will want anyway (held-out
+  evaluations and shuffled-teacher audits of the leaders, full-fidelity reruns of promising quick
+  trials), below every researcher job; then the final stage asks for the leaders' held-out pieces and
+  counts those backfill already ran. Baseline: each runs its seeds one at a time on its own fixed GPU
+  (researchers 0 and 8 share GPU 0, as round-robin CUDA_VISIBLE_DEVICES would). GPU-busy fraction
+  from the pool's job start/end times (baseline: worker-side);
 - fairness: 9 owners with different job lengths all backlogged; Jain's index of their GPU-seconds.
 """
 from __future__ import annotations
@@ -20,8 +24,10 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import ray
@@ -29,7 +35,7 @@ import ray
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aar_ray.pool import JobSpec, PoolConfig, TaskPool, jain_index  # noqa: E402
+from aar_ray.pool import JobSpec, JobStatus, TaskPool, jain_index  # noqa: E402
 from aar_ray.pool.ray_layer import GpuWorker, _run_task  # noqa: E402
 
 GPUS = 8
@@ -38,6 +44,11 @@ WINDOW_S = 20.0  # each utilization scenario submits for this long
 N_NOOP = 48  # raw GPU tasks start a process each (~0.5 s on 2 cores): keeps that leg ~25 s
 N_NOOP_CPU = 100
 SEED = 0
+BACKFILL = "driver"  # the owner of backfill pieces, as in a campaign
+TOP_K = 3  # leaders that get the final stage (held-out evaluations, audits), as scoring.top_k
+FINAL_KINDS = ("heldout:math", "heldout:code", "audit:shuffled")
+FINAL_SEEDS = 5  # harness seeds of a full-fidelity result: one backfill piece each
+QUEUE_DEPTH = 2 * GPUS  # backfill pieces the producer keeps queued: enough for every GPU that frees up
 
 
 def noop() -> None:
@@ -131,20 +142,24 @@ class Record:
     end: float
 
 
-def run_pool_researchers(plans: list[Plan], t0: float, pool: TaskPool) -> None:
+def run_pool_researchers(plans: list[Plan], t0: float, pool: TaskPool, prefix: str = "r",
+                         on_result: Optional[Callable[[str], None]] = None) -> None:
+    """Owners are f"{prefix}{r}"; on_result gets the id of each experiment its researcher has read."""
     def researcher(r: int) -> None:
-        outstanding: list[list] = []
-        for think, batch in zip(plans[r].think_s, plans[r].batches):
+        outstanding: list[tuple[str, list]] = []
+        for b, (think, batch) in enumerate(zip(plans[r].think_s, plans[r].batches)):
             time.sleep(think)
             if time.time() - t0 > WINDOW_S:
                 return
-            outstanding.append([pool.submit(JobSpec(fn=sleep_job, args=(d,), owner=f"r{r}", num_gpus=1))
-                                for d in batch])
+            outstanding.append((f"{prefix}{r}-e{b}", [pool.submit(JobSpec(
+                fn=sleep_job, args=(d,), owner=f"{prefix}{r}", num_gpus=1)) for d in batch]))
             # Read finished experiments; with more than 2 out, wait for the oldest (a researcher
             # only juggles so many experiments at once).
-            while len(outstanding) > 2 or (outstanding and all(h.done() for h in outstanding[0])):
-                oldest = outstanding.pop(0)
+            while len(outstanding) > 2 or (outstanding and all(h.done() for h in outstanding[0][1])):
+                experiment, oldest = outstanding.pop(0)
                 pool.wait(oldest, num_returns=len(oldest))
+                if on_result is not None:
+                    on_result(experiment)
 
     threads = [threading.Thread(target=researcher, args=(r,)) for r in range(RESEARCHERS)]
     for t in threads:
@@ -207,21 +222,149 @@ def busy_while_queued(records: list[Record], t0: float, t1: float, step: float =
     return float((running[mask] / GPUS).mean()) if mask.any() else float("nan")
 
 
-def bench_utilization_pool(pool: TaskPool, plans: list[Plan]) -> tuple[float, list[Record]]:
+def drain(pool: TaskPool) -> None:
+    """Let the jobs researchers left behind at the window's end finish, so the next phase starts empty."""
+    while pool.snapshot().queued or pool.snapshot().in_flight:
+        time.sleep(0.1)
+
+
+def bench_utilization_pool(pool: TaskPool, plans: list[Plan]) -> dict:
+    """The researchers alone on the pool: idle GPUs while they think."""
     t0 = time.time()
-    run_pool_researchers(plans, t0, pool)
-    return t0, pool_timeline(pool, {f"r{r}" for r in range(RESEARCHERS)})
+    run_pool_researchers(plans, t0, pool, prefix="a")
+    records, t1 = pool_timeline(pool, {f"a{r}" for r in range(RESEARCHERS)}), t0 + WINDOW_S
+    drain(pool)
+    return {"utilization_pool_no_backfill": busy_fraction(records, t0, t1),
+            "utilization_pool_while_queued": busy_while_queued(records, t0, t1),
+            "jobs_pool_no_backfill": sum(t0 <= x.start < t1 for x in records),
+            "researcher_wait_p95_s_no_backfill": p95([x.start - x.submitted for x in records])}
 
 
-def utilization_summary(t0: float, pool_records: list[Record], base_records: list[Record]) -> dict:
+def p95(values: list[float]) -> float:
+    return float(np.percentile(values, 95)) if values else 0.0
+
+
+def utilization_summary(t0: float, base_records: list[Record]) -> dict:
     t1 = t0 + WINDOW_S
-    return {
-        "utilization_pool": busy_fraction(pool_records, t0, t1),
-        "utilization_baseline": busy_fraction(base_records, t0, t1),
-        "utilization_pool_while_queued": busy_while_queued(pool_records, t0, t1),
-        "jobs_pool": sum(t0 <= x.start < t1 for x in pool_records),
-        "jobs_baseline": sum(t0 <= x.start < t1 for x in base_records),
-    }
+    return {"utilization_baseline": busy_fraction(base_records, t0, t1),
+            "jobs_baseline": sum(t0 <= x.start < t1 for x in base_records)}
+
+
+# ---- backfill ----------------------------------------------------------------------------------
+
+def piece_seconds(key: str) -> float:
+    """A piece's length, fixed by its key: one seed of a trial, with the spread of researchers' seeds."""
+    return min(8.0, max(0.5, random.Random(key).lognormvariate(0.7, 0.5)))
+
+
+def trial_score(trial: str) -> float:
+    """A quick trial's validation PGR, fixed by its id (its own RNG: the researchers' plans are unchanged)."""
+    return random.Random(f"score:{trial}").random()
+
+
+def final_keys(trial: str) -> list[str]:
+    return [f"{kind}:{trial}:s{seed}" for kind in FINAL_KINDS for seed in range(FINAL_SEEDS)]
+
+
+class Backfill:
+    """The campaign's backfill producer at bench scale. What it wants, most useful first: the final stage's
+    pieces of the top-k trials by validation score (held-out math and code, the shuffled-teacher audit:
+    one seed each), then full-fidelity reruns of the top half of the quick trials (successive halving).
+    Each piece is keyed by content; the pool never runs a key twice."""
+
+    def __init__(self, pool: TaskPool, prior: list[str]):
+        self.pool = pool
+        self.trials = list(prior)  # the leaderboard: the campaign's trials before this window, then new ones
+        self.handles: dict = {}  # key -> JobHandle
+        self.lock = threading.Lock()
+
+    def add(self, trial: str) -> None:
+        with self.lock:
+            self.trials.append(trial)
+
+    def ranked(self) -> list[str]:
+        with self.lock:
+            return sorted(self.trials, key=lambda t: -trial_score(t))
+
+    def wanted(self) -> list[tuple[str, int]]:
+        """(key, priority): the leaders' final-stage pieces jump ahead of queued promotions."""
+        ranked = self.ranked()
+        final = [(k, 1) for t in ranked[:TOP_K] for k in final_keys(t)]
+        return final + [(f"full:{t}:s{s}", 0) for t in ranked[: len(ranked) // 2] for s in range(FINAL_SEEDS)]
+
+    def top_up(self) -> None:
+        queued = sum(h.status is JobStatus.QUEUED for h in self.handles.values())
+        for key, priority in self.wanted():
+            if queued >= QUEUE_DEPTH:
+                return
+            if key not in self.handles:
+                self.handles[key] = self.pool.submit(JobSpec(fn=sleep_job, args=(piece_seconds(key),), owner=BACKFILL,
+                                                             num_gpus=1, key=key, priority=priority, backfill=True))
+                queued += 1
+
+    def run_until(self, t1: float) -> None:
+        while time.time() < t1:
+            self.top_up()
+            time.sleep(0.05)
+
+
+def final_stage(pool: TaskPool, producer: Backfill) -> dict:
+    """After the research: the leaders' held-out pieces as ordinary jobs, as the campaign's final stage
+    asks for them. A piece backfill finished is answered from the record; a queued one is promoted."""
+    keys = [k for t in producer.ranked()[:TOP_K] for k in final_keys(t)]
+    for key, h in producer.handles.items():
+        if key not in keys and h.status is JobStatus.QUEUED:
+            h.cancel()  # nobody wants it any more
+    done = sum(k in producer.handles and producer.handles[k].status is JobStatus.DONE for k in keys)
+    t = time.time()
+    handles = [pool.submit(JobSpec(fn=sleep_job, args=(piece_seconds(k),), owner=BACKFILL, num_gpus=1, key=k))
+               for k in keys]
+    pool.wait(handles, num_returns=len(handles))
+    wall = time.time() - t
+    pool.wait(list(producer.handles.values()), num_returns=len(producer.handles))  # running pieces end
+    drain(pool)
+    ran = Counter(j.key for j in pool.jobs() if j.key is not None and j.started_at is not None)
+    return {"final_stage_pieces": len(keys), "final_stage_done_by_backfill": done, "final_stage_s": wall,
+            "backfill_keys_run_twice": sum(n > 1 for n in ran.values())}
+
+
+def merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def waits_behind_backfill(researcher: list[Record], backfill: list[Record]) -> list[float]:
+    """Per researcher job: seconds it was queued while a backfill piece held a GPU. An upper bound on what
+    backfill cost it: some of that time it would have waited for other researchers' jobs anyway."""
+    spans = merged([(x.start, x.end) for x in backfill])
+    return [sum(max(0.0, min(e, x.start) - max(s, x.submitted)) for s, e in spans) for x in researcher]
+
+
+def bench_utilization_backfill(pool: TaskPool, plans: list[Plan]) -> tuple[float, dict]:
+    """The same researchers, with the backfill producer filling what they leave idle."""
+    producer = Backfill(pool, prior=[f"prior{r}" for r in range(RESEARCHERS)])
+    t0 = time.time()
+    feeder = threading.Thread(target=producer.run_until, args=(t0 + WINDOW_S,))
+    feeder.start()
+    run_pool_researchers(plans, t0, pool, prefix="r", on_result=producer.add)
+    feeder.join()
+    owners = {f"r{r}" for r in range(RESEARCHERS)}
+    researcher, backfill = pool_timeline(pool, owners), pool_timeline(pool, {BACKFILL})
+    t1 = t0 + WINDOW_S
+    waits = waits_behind_backfill(researcher, backfill)
+    summary = {"utilization_pool": busy_fraction(researcher + backfill, t0, t1),
+               "utilization_pool_researchers": busy_fraction(researcher, t0, t1),
+               "jobs_pool": sum(t0 <= x.start < t1 for x in researcher),
+               "backfill_jobs": sum(t0 <= x.start < t1 for x in backfill),
+               "researcher_wait_p95_s": p95([x.start - x.submitted for x in researcher]),
+               "backfill_wait_p95_s": p95(waits), "backfill_wait_max_s": max(waits, default=0.0),
+               "backfill_piece_max_s": max((x.end - x.start for x in backfill), default=0.0)}
+    return t0, {**summary, **final_stage(pool, producer)}
 
 
 # ---- fairness ----------------------------------------------------------------------------------
@@ -254,12 +397,14 @@ def main() -> None:
         # closes, freeing the GPUs for the baseline and the raw-Ray legs.
         with TaskPool() as pool:
             timings = bench_overhead_pool(pool)
-            t0, pool_records = bench_utilization_pool(pool, plans)
+            alone = bench_utilization_pool(pool, plans)
+            t0, backfilled = bench_utilization_backfill(pool, plans)
             fairness = bench_fairness(pool)
         base_records: list[Record] = []
         run_baseline_researchers(plans, t0, base_records)
         timings.update(bench_overhead_raw())
-        result = {**overhead_summary(timings), **utilization_summary(t0, pool_records, base_records), **fairness}
+        result = {**overhead_summary(timings), **alone, **backfilled, **utilization_summary(t0, base_records),
+                  **fairness}
     finally:
         ray.shutdown()
     result["utilization_ratio"] = result["utilization_pool"] / result["utilization_baseline"]
@@ -289,14 +434,23 @@ def summary(r: dict) -> str:
         f"  overhead_ratio (pool / raw GPU tasks)   {r['overhead_ratio']:.2f}  {verdict(r['overhead_ratio'] <= 1.2)} (<= 1.2)",
         f"  pool / raw GPU actors (same mechanism)  {r['overhead_ratio_vs_raw_actors']:.2f}",
         f"  pool / raw CPU tasks                    {r['overhead_ratio_cpu']:.2f}",
-        f"utilization over {WINDOW_S:.0f} s: pool {r['utilization_pool']:.2f} ({r['jobs_pool']} jobs) | "
-        f"baseline {r['utilization_baseline']:.2f} ({r['jobs_baseline']} jobs)",
+        f"utilization over {WINDOW_S:.0f} s: pool with backfill {r['utilization_pool']:.3f} "
+        f"(researchers {r['utilization_pool_researchers']:.2f}, {r['jobs_pool']} jobs + {r['backfill_jobs']} "
+        f"backfill pieces) | pool alone {r['utilization_pool_no_backfill']:.2f} ({r['jobs_pool_no_backfill']} jobs) "
+        f"| baseline {r['utilization_baseline']:.2f} ({r['jobs_baseline']} jobs)",
+        f"  utilization_pool                        {r['utilization_pool']:.3f}  {verdict(r['utilization_pool'] >= 0.98)} (>= 0.98)",
         f"  utilization_ratio                       {r['utilization_ratio']:.2f}  {verdict(r['utilization_ratio'] >= 1.5)} (>= 1.5)",
-        f"  pool while work is queued               {r['utilization_pool_while_queued']:.3f}  "
-        f"{verdict(r['utilization_pool_while_queued'] >= 0.98)} (>= 0.98)",
+        f"  pool alone while work is queued         {r['utilization_pool_while_queued']:.3f}",
+        f"  researcher wait p95: {r['researcher_wait_p95_s']:.2f} s with backfill, "
+        f"{r['researcher_wait_p95_s_no_backfill']:.2f} s alone; behind backfill p95 {r['backfill_wait_p95_s']:.2f} s, "
+        f"max {r['backfill_wait_max_s']:.2f} s (longest piece {r['backfill_piece_max_s']:.2f} s)",
+        f"  final stage: {r['final_stage_done_by_backfill']} of {r['final_stage_pieces']} held-out/audit pieces "
+        f"already done by backfill, rest in {r['final_stage_s']:.1f} s; keys run twice: {r['backfill_keys_run_twice']}",
         f"fairness (all backlogged, GPUs {r['fairness_utilization']:.2f} busy): jain_index {r['jain_index']:.3f}",
         f"  GPU-seconds per owner {r['fairness_gpu_seconds']}",
-        "  scenario: think U(3,9) s, batches of 3/5/8 seeds of 0.5-8 s (median 2 s), <= 2 batches outstanding",
+        "  scenario: think U(3,9) s, batches of 3/5/8 seeds of 0.5-8 s (median 2 s), <= 2 batches outstanding;",
+        f"  backfill: one-seed pieces of the same spread, <= {QUEUE_DEPTH} queued, top {TOP_K} x {FINAL_KINDS} x "
+        f"{FINAL_SEEDS} seeds first",
     ])
 
 

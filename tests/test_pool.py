@@ -13,15 +13,16 @@ import pool_helpers as H
 from aar_ray.pool import (ErrorKind, JobFailed, JobSpec, JobStatus, MemoryLedger, PoolConfig, SqliteLedger,
                           TaskPool, jain_index)
 from aar_ray.pool.ledger import LedgerEntry
-from aar_ray.pool.policy import Candidate, over_quota, pick_next, should_retry
+from aar_ray.pool.policy import (Candidate, RunningPiece, backfill_victims, over_quota, pick_dispatch, pick_next,
+                                 should_retry)
 
 GPUS = 4
 
 
 # ---- pure policy -------------------------------------------------------------------------------
 
-def _c(job_id: str, owner: str, seq: int, priority: int = 0, gpus: float = 1.0) -> Candidate:
-    return Candidate(job_id=job_id, owner=owner, priority=priority, seq=seq, num_gpus=gpus)
+def _c(job_id: str, owner: str, seq: int, priority: int = 0, gpus: float = 1.0, backfill: bool = False) -> Candidate:
+    return Candidate(job_id=job_id, owner=owner, priority=priority, seq=seq, num_gpus=gpus, backfill=backfill)
 
 
 def test_pick_next_prefers_least_weighted_usage_then_priority_within_owner():
@@ -42,6 +43,27 @@ def test_pick_next_backfills_other_owners_but_never_reorders_within_one():
     # small job does not jump her big one.
     assert pick_next(queued, {"bob": 5.0}, {}, fits_two).job_id == "b_small"
     assert pick_next(queued[:2], {}, {}, fits_two) is None
+
+
+def test_pick_dispatch_runs_backfill_only_when_no_researcher_job_waits():
+    pieces = [_c("b1", "driver", 0, backfill=True), _c("b2", "driver", 1, backfill=True)]
+    yes, no = (lambda c: True), (lambda c: False)  # noqa: E731
+    fits_two = lambda c: c.num_gpus <= 2  # noqa: E731
+    # a researcher job goes first although the backfill owner is owed more and its pieces are older
+    assert pick_dispatch([*pieces, _c("r1", "bob", 2)], {"bob": 99.0}, {}, yes, yes).job_id == "r1"
+    # bob's 4-GPU job does not fit in 2 free GPUs: pieces that would fit wait for him, not on his GPUs
+    assert pick_dispatch([*pieces, _c("r1", "bob", 2, gpus=4)], {}, {}, fits_two, fits_two) is None
+    # with no researcher job queued, backfill goes where `fits_idle` says (resources free now)
+    assert pick_dispatch(pieces, {}, {}, yes, no) is None
+    assert pick_dispatch(pieces, {}, {}, no, yes).job_id == "b1"
+
+
+def test_backfill_victims_are_the_youngest_pieces_that_make_room():
+    running = [RunningPiece("old", 1.0, 10.0), RunningPiece("mid", 1.0, 20.0), RunningPiece("young", 1.0, 30.0)]
+    assert backfill_victims(1.0, 1.0, running) == []  # it fits already
+    assert backfill_victims(1.0, 0.0, running) == ["young"]
+    assert backfill_victims(2.0, 0.5, running) == ["young", "mid"]
+    assert backfill_victims(4.0, 0.0, running) == []  # all three would not make room: keep their work
 
 
 def test_should_retry_and_quota_rules():
@@ -298,3 +320,94 @@ def test_submit_from_many_threads(make_pool):
     tags = sorted(tuple(h.result(timeout=60)["tag"]) for h in handles)
     assert tags == sorted((i, j) for i in range(4) for j in range(5))
     assert {o: s.done for o, s in pool.snapshot().owners.items()} == {f"r{i}": 5 for i in range(4)}
+
+
+# ---- backfill: below every researcher job, one piece at a time ---------------------------------
+
+def _piece(seconds: float, tag, **kw) -> JobSpec:
+    return JobSpec(fn=H.sleep_and_report, args=(seconds, tag), owner="driver", num_gpus=1, backfill=True, **kw)
+
+
+def _researcher(seconds: float, tag, owner: str = "r0") -> JobSpec:
+    return JobSpec(fn=H.sleep_and_report, args=(seconds, tag), owner=owner, num_gpus=1)
+
+
+def test_backfill_starts_only_when_no_researcher_job_is_queued(make_pool):
+    """Backfill queued first still waits: researcher jobs submitted later take every GPU that frees up."""
+    pool = make_pool()
+    first = [pool.submit(_researcher(0.6, f"a{i}")) for i in range(GPUS)]
+    H.wait_until(lambda: all(h.info().started_at for h in first), 30, "the first wave to start")
+    pieces = [pool.submit(_piece(0.2, f"b{i}")) for i in range(6)]
+    second = [pool.submit(_researcher(0.3, f"c{i}", owner="r1")) for i in range(GPUS)]
+    for h in first + pieces + second:
+        h.result(timeout=60)
+    jobs = pool.jobs()
+    researcher, backfill = [j for j in jobs if not j.backfill], [j for j in jobs if j.backfill]
+    assert len(backfill) == 6 and all(j.status is JobStatus.DONE for j in jobs)
+    # no piece started while any researcher job was queued (submitted, not yet started)
+    for b in backfill:
+        assert not any(r.submitted_at <= b.started_at < r.started_at for r in researcher), b
+    assert min(b.started_at for b in backfill) >= max(r.started_at for r in researcher)
+    results = [h.result() for h in pieces + second]
+    assert H.max_overlap([(r["start"], r["end"]) for r in results]) <= GPUS
+
+
+def test_researcher_job_waits_behind_at_most_one_backfill_piece(make_pool):
+    piece_s = 1.0
+    pool = make_pool()
+    pieces = [pool.submit(_piece(piece_s, f"b{i}")) for i in range(2 * GPUS)]
+    H.wait_until(lambda: sum(h.info().started_at is not None for h in pieces) == GPUS, 30, "a GPU-full of pieces")
+    researcher = [pool.submit(_researcher(0.1, f"r{i}")) for i in range(GPUS)]
+    for h in researcher + pieces:
+        h.result(timeout=60)
+    r_info = [h.info() for h in researcher]
+    first, queued = [h.info() for h in pieces[:GPUS]], [h.info() for h in pieces[GPUS:]]
+    for r in r_info:
+        # it waited for a running piece to end (no preemption by default), and for no more than one
+        assert r.started_at >= min(b.finished_at for b in first)
+        assert r.started_at - r.submitted_at <= piece_s + 0.5
+    # the pieces still queued when the researcher came all started after its jobs
+    assert min(b.started_at for b in queued) >= max(r.started_at for r in r_info)
+    assert all(b.preempted == 0 and b.attempts == 1 for b in first + queued)
+
+
+def test_backfill_preempted_on_demand_is_requeued_and_finishes(make_pool):
+    """With backfill_preempt_after_s, a researcher job does not wait out a long piece: the youngest is
+    cancelled, requeued (not counted as an attempt) and runs again once the GPU is free."""
+    pool = make_pool(config=PoolConfig(backfill_preempt_after_s=0.2))
+    pieces = [pool.submit(_piece(3.0 + 0.1 * i, f"b{i}")) for i in range(GPUS)]
+    H.wait_until(lambda: all(h.info().started_at is not None for h in pieces), 30, "pieces to start")
+    youngest = max(pieces, key=lambda h: h.info().started_at)
+    r = pool.submit(_researcher(0.1, "r"))
+    r.result(timeout=30)
+    wait = r.info().started_at - r.info().submitted_at
+    assert 0.2 <= wait < 2.5  # the threshold plus a tick, not the 3 s a piece still had to run
+    assert youngest.info().preempted == 1
+    for h in pieces:
+        h.result(timeout=60)
+    assert youngest.info().preempted == 1 and youngest.info().attempts == 1  # requeued, then ran to the end once
+    assert youngest.result()["start"] >= r.result()["end"]  # its rerun began anew after the researcher job
+    assert [h.info().preempted for h in pieces].count(0) == GPUS - 1
+
+
+def test_backfill_results_are_reused_by_key_and_a_researcher_submit_promotes_a_queued_piece(make_pool, tmp_path):
+    runs = str(tmp_path / "runs")
+    pool = make_pool()
+    hogs = [pool.submit(_researcher(0.5, f"h{i}")) for i in range(GPUS)]
+    H.wait_until(lambda: all(h.info().started_at for h in hogs), 30, "hogs to start")
+    spec = lambda k: JobSpec(fn=H.append_line_and_return, args=(runs, k, 0.2), owner="driver", num_gpus=1,  # noqa: E731
+                             key=f"heldout:{k}", backfill=True)
+    pieces = [pool.submit(spec(f"k{i}")) for i in range(GPUS + 2)]
+    # the held-out stage asks for k5 as ordinary work: it joins the queued piece, which leaves backfill
+    wanted = pool.submit(JobSpec(fn=H.append_line_and_return, args=(runs, "k5", 0.2), owner="driver", num_gpus=1,
+                                 key="heldout:k5"))
+    assert wanted.job_id == pieces[5].job_id and not wanted.info().backfill and pieces[0].info().backfill
+    assert wanted.result(timeout=60) == "k5"
+    assert [h.result(timeout=60) for h in pieces] == [f"k{i}" for i in range(GPUS + 2)]
+    assert wanted.info().started_at <= min(h.info().started_at for h in pieces[:5])  # it went first
+    # every key ran once; later submits, backfill or not, are answered without running
+    again = [pool.submit(spec(f"k{i}")) for i in range(GPUS + 2)] + [pool.submit(
+        JobSpec(fn=H.append_line_and_return, args=(runs, "k0"), owner="r1", num_gpus=1, key="heldout:k0"))]
+    assert [h.result(timeout=0) for h in again] == [f"k{i}" for i in range(GPUS + 2)] + ["k0"]
+    assert sorted(H.lines(runs)) == sorted(f"k{i}" for i in range(GPUS + 2))
+    assert [h.info().backfill for h in pieces] == [True] * 5 + [False] + [True] * 2  # a finished piece stays one

@@ -15,6 +15,7 @@ One file per responsibility:
     researchers.py  the researcher actor and its brain
     progress.py     the live view (rich on a TTY, log lines otherwise)
     heldout.py      the held-out stage and the audits (all jobs submitted, then ray.wait)
+    backfill.py     idle GPUs run the held-out stage's pieces for the current top trials ahead of it
 Settings: `aar_ray.config.CampaignConfig` (every knob, with its one-line docstring).
 """
 from aar_ray.campaign.driver import CampaignError, campaign_main, run_campaign

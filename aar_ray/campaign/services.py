@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aar_ray.config import CampaignConfig, PoolConfig, TrialSettings
+from aar_ray.config import BackfillConfig, CampaignConfig, PoolConfig, ScoringConfig, TrialSettings
 from aar_ray.sandbox.contract import TrialOutcome, TrialRequest, TrialState, TrialStatus
 
 DRIVER = "driver"  # owner of the driver's own trials (baselines, held-out, audits)
@@ -59,7 +59,7 @@ def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_
         str(run_dir / "forum.db"), len(cfg.scoring.seeds))
     # held-out and audit jobs block one of its threads each while they run: room for all of them
     trials = ray.remote(num_cpus=0, max_concurrency=64)(TrialService).options(name=TRIALS, **opts).remote(
-        cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum, tuple(sandbox))
+        cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum, tuple(sandbox), cfg.scoring, cfg.backfill)
     # one call at a time (Ray's default for a sync actor): a reservation's check and record are one step
     budget = ray.remote(num_cpus=0)(BudgetAuthority).options(name=BUDGET, **opts).remote(
         cfg.researcher, cfg.budget.dollars, str(run_dir / "private" / "budget.json"))
@@ -112,11 +112,13 @@ class TrialService:
     """Owns the task pool: runs trial jobs and hands their predictions to the scorer.
 
     A resumed campaign resubmits unfinished trials: the pool's ledger returns finished jobs'
-    recorded outcomes without running them again.
+    recorded outcomes without running them again. With `backfill.enabled`, a producer sends the final
+    stage's jobs for the current top trials to the pool as backfill (`aar_ray/campaign/backfill.py`).
     """
 
     def __init__(self, pool_cfg: PoolConfig, settings: TrialSettings, ledger_path: str, scorer: Any, forum: Any,
-                 sandbox: tuple[str, ...]):
+                 sandbox: tuple[str, ...], scoring: ScoringConfig, backfill: BackfillConfig):
+        from aar_ray.campaign.backfill import BackfillProducer
         from aar_ray.pool import SqliteLedger, TaskPool
         from aar_ray.sandbox.runner import SandboxLimits
 
@@ -127,15 +129,19 @@ class TrialService:
         self.active: dict[str, tuple[Any, _Submitted]] = {}  # trial_id -> (handle, what was submitted)
         self.lock = threading.Lock()
         threading.Thread(target=self._collect, daemon=True).start()
+        self.backfill = BackfillProducer(scorer, scoring, lambda *job: self.private_pieces(*job, backfill=True),
+                                         backfill.interval_s)
+        if backfill.enabled:
+            self.backfill.start()
 
-    def _spec(self, key: str, owner: str, source: str, request: TrialRequest):
+    def _spec(self, key: str, owner: str, source: str, request: TrialRequest, backfill: bool = False):
         from aar_ray.pool import JobSpec
         from aar_ray.sandbox.trial import run_trial
 
         s = self.settings
         return JobSpec(fn=run_trial, args=(source, request, self.limits), owner=owner, key=key, num_gpus=s.num_gpus,
                        num_cpus=s.num_cpus, timeout_s=s.timeout_s, max_retries=s.infra_retries,
-                       infra_fault=infra_fault)
+                       infra_fault=infra_fault, backfill=backfill)
 
     def submit(self, trial_id: str, owner: str, source: str, fidelity: str, name: str) -> None:
         """A researcher's (or a baseline's) trial; its outcome reaches the forum and the scorer."""
@@ -148,12 +154,37 @@ class TrialService:
             handle = self.pool.submit(self._spec(trial_id, owner, source, request))
             self.active[trial_id] = (handle, _Submitted(owner, source, fidelity, name))
 
-    def run_private(self, key: str, source: str, request: TrialRequest) -> TrialOutcome:
-        """A driver-only job (held-out task, audit); blocks until it ends."""
-        try:
-            return self.pool.submit(self._spec(key, DRIVER, source, request)).result()
-        except Exception as e:  # noqa: BLE001 - every way a job ends is an outcome
-            return outcome_of_failure(e)
+    def private_pieces(self, kind: str, source: str, request: TrialRequest, backfill: bool) -> list:
+        """A driver-only job (held-out task, audit) as one pool job per seed, keyed by content; handles."""
+        from aar_ray.campaign.backfill import split
+
+        return [self.pool.submit(self._spec(key, DRIVER, source, piece, backfill))
+                for key, piece in split(kind, source, request)]
+
+    def run_private(self, kind: str, source: str, request: TrialRequest) -> TrialOutcome:
+        """A driver-only job of `kind` ('heldout:math', 'audit:shuffled', ...); blocks until every seed's
+        piece ends. A piece backfill ran is answered from the ledger; one it queued or runs is joined."""
+        from aar_ray.campaign.backfill import merge
+
+        outcomes = []
+        for handle in self.private_pieces(kind, source, request, backfill=False):
+            try:
+                outcomes.append(handle.result())
+            except Exception as e:  # noqa: BLE001 - every way a job ends is an outcome
+                outcomes.append(outcome_of_failure(e))
+        return merge(outcomes)
+
+    def stop_backfill(self) -> None:
+        """The producer sends nothing more (what it sent stays, for the final stage to reuse or join)."""
+        self.backfill.stop()
+
+    def backfill_pieces(self) -> dict[str, str]:
+        """What the producer sent: piece key -> pool status."""
+        return self.backfill.pieces()
+
+    def jobs(self) -> list:
+        """Every pool job's `JobInfo` (which ran, which came from the ledger, which were backfill)."""
+        return self.pool.jobs()
 
     def _collect(self) -> None:
         import ray

@@ -1,5 +1,6 @@
 """GPU-aware task pool on Ray: fair share by GPU-seconds, quotas, driver-enforced timeouts, retries
-on lost workers, exactly-once results per idempotency key.
+on lost workers, exactly-once results per idempotency key, and backfill (`JobSpec.backfill`: below
+every researcher job, only on resources none is waiting for).
 
     ray.init(...)
     with TaskPool(PoolConfig(quota_gpu_s={"alice": 3600}), ledger=SqliteLedger("runs/ledger.db")) as pool:

@@ -10,6 +10,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from aar_ray.pool.spec import ErrorKind
 
+EPS = 1e-9  # GPU arithmetic is in floats (fractional GPUs); never let 0.1+0.2 block a dispatch
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -21,6 +23,8 @@ class Candidate:
     seq: int
     """Submission order; ties on fairness and priority go to the older job."""
     num_gpus: float
+    backfill: bool = False
+    """Below every researcher job: runs only on resources no researcher job is waiting for."""
 
 
 def owner_queue_order(jobs: Iterable[Candidate]) -> list[Candidate]:
@@ -50,6 +54,44 @@ def pick_next(queued: Sequence[Candidate], usage: Mapping[str, float], weights: 
         if fits(heads[owner]):
             return heads[owner]
     return None
+
+
+def pick_dispatch(queued: Sequence[Candidate], usage: Mapping[str, float], weights: Mapping[str, float],
+                  fits: Callable[[Candidate], bool], fits_idle: Callable[[Candidate], bool]) -> Optional[Candidate]:
+    """The job to dispatch now, or None: researcher jobs by `pick_next`; backfill jobs only while no
+    researcher job is queued at all, and only where `fits_idle` (resources free now, none promised).
+
+    A researcher job that does not fit yet keeps every backfill job waiting: the GPUs freeing up are
+    its, and a backfill piece started on them would make it wait one piece longer.
+    """
+    researcher = [c for c in queued if not c.backfill]
+    if researcher:
+        return pick_next(researcher, usage, weights, fits)
+    return pick_next(queued, usage, weights, fits_idle)
+
+
+@dataclass(frozen=True)
+class RunningPiece:
+    """A running backfill job as the preemption rule sees it."""
+
+    job_id: str
+    num_gpus: float
+    started: float
+    """When its attempt started (any clock); the youngest has the least work to lose."""
+
+
+def backfill_victims(need_gpus: float, free_gpus: float, running: Sequence[RunningPiece]) -> list[str]:
+    """Backfill pieces to cancel so a researcher job needing `need_gpus` fits: the youngest first, as
+    few as make room; none when even all of them would not (cancelling them would only lose work)."""
+    if need_gpus <= free_gpus + EPS:
+        return []
+    victims, freed = [], 0.0
+    for piece in sorted(running, key=lambda p: -p.started):
+        victims.append(piece.job_id)
+        freed += piece.num_gpus
+        if need_gpus <= free_gpus + freed + EPS:
+            return victims
+    return []
 
 
 def over_quota(used_gpu_s: float, quota_gpu_s: Optional[float]) -> bool:

@@ -19,14 +19,13 @@ from typing import Any, Callable, Iterable, Optional, Union
 import ray
 
 from aar_ray.pool.ledger import Ledger, LedgerEntry, MemoryLedger
-from aar_ray.pool.policy import Candidate, gpu_seconds, over_quota, pick_next, should_retry
+from aar_ray.pool.policy import (EPS, Candidate, RunningPiece, backfill_victims, gpu_seconds, over_quota,
+                                 pick_dispatch, pick_next, should_retry)
 from aar_ray.pool.ray_layer import RayBackend, RayFailure, RunOutcome, WorkerShape
 from aar_ray.pool.spec import (ErrorKind, JobError, JobFailed, JobInfo, JobSpec, JobStatus, OwnerStatus,
                                PoolConfig, PoolSnapshot)
 
 log = logging.getLogger(__name__)
-
-_EPS = 1e-9  # GPU arithmetic is in floats (fractional GPUs); never let 0.1+0.2 block a dispatch
 
 OnFinish = Callable[[JobInfo, Any], None]
 
@@ -56,6 +55,8 @@ class _Job:
     job_id: str
     seq: int
     submitted_at: float
+    backfill: bool  # the spec's, until a researcher's submit of the same key promotes it
+    queued_mono: float  # when it last entered the queue
     status: JobStatus = JobStatus.QUEUED
     attempts: int = 0
     gpu_seconds: float = 0.0
@@ -69,6 +70,7 @@ class _Job:
     ref: Any = None  # the running attempt's result ref
     worker: Optional[_Worker] = None
     kill_requested: bool = False
+    preempted: int = 0
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -145,7 +147,7 @@ class TaskPool:
         self._callbacks: list[tuple[JobInfo, Any]] = []
         self._closing = False
         self._crash: Optional[BaseException] = None
-        self._gpus_total, self._alive_nodes = self._ray.cluster()
+        self._gpus_total, self._cpus_total, self._alive_nodes = self._ray.cluster()
         self._last_refresh = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="aar-pool-dispatcher", daemon=True)
         self._thread.start()
@@ -223,6 +225,8 @@ class TaskPool:
             return None
         known = self._by_key.get(spec.key)
         if known is not None and known.status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE):
+            if not spec.backfill and not known.status.terminal:
+                known.backfill = False  # someone now waits for it: it leaves the backfill class
             return known
         entry = self.ledger.get(spec.key)
         if entry is None:
@@ -237,7 +241,7 @@ class TaskPool:
         job = self._register(spec)
         quota = self.config.quota_for(spec.owner)
         used = self._usage(time.monotonic()).get(spec.owner, 0.0)
-        if spec.num_gpus > self._gpus_total + _EPS:
+        if spec.num_gpus > self._gpus_total + EPS:
             self._finish(job, JobStatus.FAILED, JobError(
                 ErrorKind.UNSCHEDULABLE, f"asks for {spec.num_gpus} GPUs; the cluster has {self._gpus_total}"))
         elif over_quota(used, quota):
@@ -247,7 +251,8 @@ class TaskPool:
         return job
 
     def _register(self, spec: JobSpec) -> _Job:
-        job = _Job(spec=spec, job_id=uuid.uuid4().hex[:12], seq=next(self._seq), submitted_at=time.time())
+        job = _Job(spec=spec, job_id=uuid.uuid4().hex[:12], seq=next(self._seq), submitted_at=time.time(),
+                   backfill=spec.backfill, queued_mono=time.monotonic())
         self._jobs[job.job_id] = job
         if spec.key is not None:
             self._by_key[spec.key] = job
@@ -287,6 +292,7 @@ class TaskPool:
             self._stop_overdue(now)
             self._stop_over_quota(now)
             self._reap_idle_workers(now)
+            self._preempt_backfill(now)
             self._dispatch(now)
             refs = list(self._waiting)
             wait_s = min(self.config.tick_s, self._time_to_next_deadline(now))
@@ -302,7 +308,7 @@ class TaskPool:
         self._flush_callbacks()
 
     def _refresh_cluster(self, now: float) -> None:
-        self._gpus_total, self._alive_nodes = self._ray.cluster()
+        self._gpus_total, self._cpus_total, self._alive_nodes = self._ray.cluster()
         self._last_refresh = now
         for w in list(self._workers):
             if w.idle and w.node_id not in self._alive_nodes:
@@ -342,9 +348,8 @@ class TaskPool:
     def _dispatch(self, now: float) -> None:
         while self._queued and len(self._running) < self.config.max_in_flight:
             usage = self._usage(now)
-            queued = [Candidate(j.job_id, j.spec.owner, j.spec.priority, j.seq, j.spec.num_gpus)
-                      for j in self._queued.values()]
-            choice = pick_next(queued, usage, self.config.weights, self._fits)
+            queued = [_candidate(j) for j in self._queued.values()]
+            choice = pick_dispatch(queued, usage, self.config.weights, self._fits, self._fits_idle)
             if choice is None:
                 return
             self._launch(self._queued.pop(choice.job_id), now)
@@ -357,8 +362,39 @@ class TaskPool:
             shape = WorkerShape.of(spec)
             if self._idle_worker(shape) is not None:
                 return True
-            return spec.num_gpus <= self._free_gpus() + self._evictable_gpus(shape) + _EPS
-        return spec.num_gpus <= self._free_gpus() + self._evictable_gpus(None) + _EPS
+            return spec.num_gpus <= self._free_gpus() + self._evictable_gpus(shape) + EPS
+        return spec.num_gpus <= self._free_gpus() + self._evictable_gpus(None) + EPS
+
+    def _fits_idle(self, c: Candidate) -> bool:
+        """Backfill: the GPUs and the CPUs are free now. (A CPU job handed to Ray beyond the free CPUs would
+        queue inside Ray, ahead of researcher jobs that come later.)"""
+        spec = self._queued[c.job_id].spec
+        if spec.uses_worker_actor and self._idle_worker(WorkerShape.of(spec)) is not None:
+            return True  # its idle worker already holds what it needs
+        return self._fits(c) and spec.cpus <= self._free_cpus() + EPS
+
+    def _preempt_backfill(self, now: float) -> None:
+        """Cancel-on-demand (`PoolConfig.backfill_preempt_after_s`): the researcher job due next, queued that
+        long for GPUs, gets the youngest backfill pieces' GPUs; they go back to the queue."""
+        after = self.config.backfill_preempt_after_s
+        pieces = [j for j in self._running.values() if j.backfill and j.started_mono is not None]
+        waiting = [j for j in self._queued.values() if not j.backfill]
+        if after is None or not pieces or not waiting:
+            return
+        due = [_candidate(j) for j in waiting]
+        head = self._queued[pick_next(due, self._usage(now), self.config.weights, lambda c: True).job_id]
+        if head.spec.num_gpus == 0 or now - head.queued_mono < after or self._fits(_candidate(head)):
+            return
+        running = [RunningPiece(j.job_id, j.spec.num_gpus, j.started_mono) for j in pieces]
+        free = self._free_gpus() + self._evictable_gpus(None)
+        for job_id in backfill_victims(head.spec.num_gpus, free, running):
+            victim = self._running.pop(job_id)
+            self._kill_attempt(victim, now)
+            log.info("backfill job %s cancelled for researcher job %s; requeued", job_id, head.job_id)
+            victim.status, victim.queued_mono = JobStatus.QUEUED, now
+            victim.attempts -= 1  # a preemption is the pool's choice, not a failed attempt
+            victim.preempted += 1
+            self._queued[job_id] = victim
 
     def _launch(self, job: _Job, now: float) -> None:
         spec = job.spec
@@ -446,7 +482,7 @@ class TaskPool:
         self._running.pop(job.job_id, None)
         if should_retry(error.kind, job.attempts, job.spec.max_retries, job.spec.retry_exceptions):
             log.info("retrying job %s after attempt %d: %s", job.job_id, job.attempts, error.message)
-            job.status, job.error = JobStatus.QUEUED, error
+            job.status, job.error, job.queued_mono = JobStatus.QUEUED, error, time.monotonic()
             self._queued[job.job_id] = job
         else:
             self._finish(job, JobStatus.FAILED, error)
@@ -524,7 +560,7 @@ class TaskPool:
         """Stop idle workers of other shapes until need_gpus are free (longest idle first)."""
         idle = sorted((w for w in self._workers if w.idle and w.shape != keep), key=lambda w: w.idle_since or 0.0)
         for w in idle:
-            if self._free_gpus() + _EPS >= need_gpus:
+            if self._free_gpus() + EPS >= need_gpus:
                 return
             self._drop_worker(w)
 
@@ -535,6 +571,12 @@ class TaskPool:
 
     def _free_gpus(self) -> float:
         return self._gpus_total - self._gpus_held()
+
+    def _free_cpus(self) -> float:
+        """Cluster CPUs not reserved by the pool's running jobs and its GPU workers."""
+        held = sum(w.shape.num_cpus for w in self._workers)
+        held += sum(j.spec.cpus for j in self._running.values() if not j.spec.uses_worker_actor)
+        return self._cpus_total - held
 
     def _usage(self, now: float) -> dict[str, float]:
         """GPU-seconds per owner: finished attempts plus the elapsed part of running ones."""
@@ -559,7 +601,8 @@ class TaskPool:
                            num_gpus=job.spec.num_gpus, status=job.status, attempts=job.attempts,
                            gpu_seconds=job.gpu_seconds + running, submitted_at=job.submitted_at,
                            started_at=job.started_at, finished_at=job.finished_at, node_id=job.node_id,
-                           error=job.error, from_ledger=job.from_ledger)
+                           error=job.error, from_ledger=job.from_ledger, backfill=job.backfill,
+                           preempted=job.preempted)
 
 
 _COUNT_FIELD = {
@@ -567,6 +610,10 @@ _COUNT_FIELD = {
     JobStatus.FAILED: "failed", JobStatus.TIMEOUT: "timed_out", JobStatus.CANCELLED: "cancelled",
     JobStatus.QUOTA_EXHAUSTED: "quota_exhausted",
 }
+
+
+def _candidate(job: _Job) -> Candidate:
+    return Candidate(job.job_id, job.spec.owner, job.spec.priority, job.seq, job.spec.num_gpus, job.backfill)
 
 
 def _quota_error(owner: str, used: float, quota: Optional[float]) -> JobError:

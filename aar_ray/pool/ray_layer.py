@@ -128,11 +128,12 @@ def classify(err: BaseException) -> RayFailure:
 class RayBackend:
     """Thin, stateless wrapper over the Ray calls the pool makes."""
 
-    def cluster(self) -> tuple[float, frozenset[str]]:
-        """(GPUs on live nodes, ids of live nodes)."""
+    def cluster(self) -> tuple[float, float, frozenset[str]]:
+        """(GPUs on live nodes, CPUs on live nodes, ids of live nodes)."""
         alive = [n for n in ray.nodes() if n.get("Alive")]
         gpus = sum(n.get("Resources", {}).get("GPU", 0.0) for n in alive)
-        return gpus, frozenset(n["NodeID"] for n in alive)
+        cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in alive)
+        return gpus, cpus, frozenset(n["NodeID"] for n in alive)
 
     def start_task(self, spec: JobSpec) -> ray.ObjectRef:
         opts = _ray_options(spec.num_gpus, spec.cpus, spec.memory_bytes)

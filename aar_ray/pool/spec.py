@@ -96,6 +96,11 @@ class JobSpec:
     """Called in the pool on each value the job returns: a reason when the value reports a fault of the
     infrastructure (a trial's sandbox_error), which makes the attempt a failed one (ErrorKind.INFRA:
     retried up to max_retries, never recorded in the ledger); None for a result."""
+    backfill: bool = False
+    """Below every researcher job: dispatched only onto resources no queued non-backfill job is waiting for,
+    never preempting one. Size it to one short piece (one seed), so a researcher job submitted while it
+    runs waits behind at most that piece (and not at all with `PoolConfig.backfill_preempt_after_s`).
+    A non-backfill submit of the same key promotes a queued backfill job to a researcher one."""
     fresh_process: bool = False
     """GPU jobs only. False: run on a long-lived GPU worker actor that keeps its GPU between jobs.
     True: a fresh Ray worker process per job (Ray's max_calls=1 for GPU tasks), which frees all
@@ -152,6 +157,10 @@ class JobInfo:
     error: Optional[JobError]
     from_ledger: bool
     """True when the result came from the exactly-once ledger without running."""
+    backfill: bool
+    """Ran (or waits) as backfill, below every researcher job."""
+    preempted: int
+    """Times a waiting researcher job cancelled its running attempt (backfill only; each restart begins anew)."""
 
 
 @dataclass(frozen=True)
