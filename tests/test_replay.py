@@ -121,14 +121,14 @@ def _replay_claude(tmp: Path, name: str, events: list[dict]) -> tuple[str, Claud
 
 
 def _played(events: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "t"} for e in events if e["kind"] in ("observe", "act", "result", "exchange")]
+    kinds = ("observe", "reserve", "act", "result", "exchange")
+    return [{k: v for k, v in e.items() if k != "t"} for e in events if e["kind"] in kinds]
 
 
 def test_a_claude_conversation_replays_from_its_tape_with_no_server_and_no_key(tmp_path, monkeypatch):
     events = _record_claude(tmp_path, monkeypatch)
-    assert [e["kind"] for e in events if e["kind"] != "result"] == [
-        "start", "observe", "exchange", "act", "saved", "observe", "exchange", "act", "saved",
-        "observe", "exchange", "act", "saved", "outcome"]
+    step = ["observe", "reserve", "exchange", "act", "saved"]
+    assert [e["kind"] for e in events if e["kind"] != "result"] == ["start", *step, *step, *step, "outcome"]
     first = next(e for e in events if e["kind"] == "exchange")
     assert first["attempts"][0]["fault"].startswith("malformed reply") and "reply" in first["attempts"][1]
     assert all(KEY not in line for line in (tmp_path / "record" / "tapes" / "r0.jsonl").read_text().splitlines())

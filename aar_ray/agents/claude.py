@@ -172,7 +172,8 @@ class ClaudeBrain:
         return calls
 
     def listen(self, fn: Callable[..., None]) -> None:
-        """`fn(kind, **data)` gets every API call ("api_call") and retry ("api_retry")."""
+        """`fn(kind, **data)` gets every reservation ("api_reserved"), API call ("api_call") and retry
+        ("api_retry"), and each call's whole exchange ("api_exchange")."""
         self._listeners.append(fn)
 
     def on_results(self, results: list[ToolResult]) -> None:
@@ -363,6 +364,7 @@ class ClaudeBrain:
         spent or ''). Raises BudgetExceeded before calling when the call could cross a cap."""
         dollars, tokens, how = self.worst_case(messages)
         ticket = call(self.authority, "reserve", self.rid, dollars, tokens, how)
+        self._emit("api_reserved", dollars=dollars, tokens=tokens, how=how)  # a replay of a call cut short redoes it
         kwargs = self._request(messages)
         trace = self.tracer.start("messages.create", {k: kwargs[k] for k in ("model", "max_tokens", "system", "messages")},
                                   {"aar.call": str(self.spend.api_calls + 1)})

@@ -35,7 +35,13 @@ class Divergence(Exception):
 
 class CutShort(Exception):
     """The record's actor died while its brain decided this step: the replay decides nothing either
-    (the restarted actor decides the step again, as in the record)."""
+    (the restarted actor decides the step again, as in the record). `reserve`: the budget reservation
+    its API call had made, which the record's budget authority kept (at its worst case) and the
+    replay's must too."""
+
+    def __init__(self, where: str, reserve: dict | None = None):
+        super().__init__(where)
+        self.reserve = reserve
 
 
 def _short(value: Any, n: int = 160) -> str:
@@ -91,6 +97,7 @@ class Step:
     observe: dict
     act: dict | None = None
     outcome: dict | None = None  # the recorded outcome when the brain ended the loop at this step
+    reserve: dict | None = None  # the budget reservation the brain made for this step's API call
 
 
 class RecordedOutcome(ResearchOutcome):
@@ -116,7 +123,7 @@ class ReplayBrain:
     def act(self, observation: str, results: list[ToolResult]) -> list[ToolCall]:
         rec, where = self._check(observation, results)
         if rec.act is None and rec.outcome is None:
-            raise CutShort(where)
+            raise CutShort(where, rec.reserve)
         calls = self._decide(rec, where)
         if rec.act is not None:
             found = difference(rec.act["calls"], as_json([asdict(c) for c in calls]))

@@ -164,9 +164,12 @@ class Researcher:
         self.tape.add("start", step=self._step, **self.brain_info)
 
     def _brain_event(self, kind: str, **data: Any) -> None:
-        """The brain's events: API exchanges go to the tape (whole requests), the rest to the transcript."""
+        """The brain's events: API exchanges (whole requests) and budget reservations go to the tape, the
+        rest to the transcript."""
         if kind == "api_exchange":
             self.tape.exchange(self._step + 1, data["request"], data["attempts"])
+        elif kind == "api_reserved":
+            self.tape.add("reserve", step=self._step + 1, **data)
         else:
             self.transcript.add(kind, **data)
 

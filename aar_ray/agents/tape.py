@@ -7,6 +7,7 @@ trial's outcome reaches the forum. Every line has `t` (seconds since the epoch) 
   start     an actor (re)starts the loop: the `step` it restored, and what rebuilds its brain
             (`brain`: offline or claude; `direction`; `seed`)
   observe   step n's observation and the tool results handed to the brain with it (`handed`)
+  reserve   (Claude) step n's call's worst-case cost, reserved with the budget authority before calling
   exchange  (Claude) step n's API call: its request and every attempt, in order: {"reply": Message},
             {"fault", "retry_after"} (retried) or {"refused"} (a refusal, not retried)
   act       the calls the brain returned for step n, and its spend after them

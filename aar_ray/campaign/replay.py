@@ -74,6 +74,8 @@ class Record:
                 out.append(Step(ev))
             elif ev["kind"] == "act" and out and out[-1].observe["step"] == ev["step"]:
                 out[-1].act = ev
+            elif ev["kind"] == "reserve" and out and out[-1].observe["step"] == ev["step"]:
+                out[-1].reserve = ev
             elif ev["kind"] == "outcome" and out and out[-1].act is None:
                 out[-1].outcome = ev
         return deque(out)
@@ -200,10 +202,24 @@ class Replayer:
         r = self.researchers[rid]
         try:
             self.calls[rid] = r.decide(r.observe())
-        except CutShort:
+        except CutShort as cut:
             self.calls[rid] = []
+            if cut.reserve:
+                self._reserve(rid, cut)
         except ResearchOutcome as o:  # the brain ended the loop (a budget, the API gone): compared at the outcome
             self.ended[rid] = o
+
+    def _reserve(self, rid: str, cut: CutShort) -> None:
+        """The reservation of a call the record's actor died in: kept open, as the record's authority
+        counted it after the restart."""
+        import ray
+
+        r = cut.reserve
+        try:
+            ray.get(self.svc.budget.reserve.remote(rid, r["dollars"], r["tokens"], r["how"]))
+        except ResearchOutcome as o:
+            raise Divergence(f"{cut}, budget reservation", f"the record's authority granted it, the replay's "
+                                                            f"refused it: {o}") from None
 
     def _result(self, rid: str, ev: dict) -> None:
         calls, i = self.calls.get(rid, []), ev["index"]
