@@ -8,6 +8,8 @@ then with one recorded tool result changed, the replay stops there and names it.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from aar_ray.agents import tape
 from aar_ray.agents.base import ResearchOutcome
@@ -26,6 +29,7 @@ from aar_ray.campaign.replay import Record
 from aar_ray.config import ClaudeConfig, ResearcherBudget
 from aar_ray.forum import Forum
 from tests.messages_api_server import MessagesAPIServer, error, raw, reply, text, tool_use
+from test_campaign import ROOT, SMALL, _env
 
 # ---------- the tape ----------
 
@@ -162,3 +166,113 @@ def test_a_changed_tape_stops_the_claude_replay_where_it_differs(tmp_path, monke
     with pytest.raises(Divergence) as d:
         _replay_claude(tmp_path, "doctored2", events)
     assert (d.value.where, d.value.diff) == ("r0 step 2, the brain's calls", "[1].input.limit: expected 2, got 1")
+
+
+# ---------- campaigns, recorded and replayed as a user runs them ----------
+
+# a small campaign: 2 offline researchers with 1 scored query each, the naive baseline, the tiny world
+# (pinned: SMALL's w2s.world.seed=0) with tiny bases, 2 seeds; no held-out task (the top trial's
+# shuffled-teacher audit still runs, and is replayed)
+CAMPAIGN = [*SMALL, "w2s.strong.d_model=32", "w2s.strong.n_layer=1", "w2s.strong.pretrain_steps=80",
+            "baselines=[naive]", "scoring.heldout_tasks=[]", "scoring.query_budget=1", "budget.trials=2",
+            "researcher.idle_wait_s=2"]
+
+
+def _aar(home: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aar_ray", *args], capture_output=True, text=True, env=_env(home),
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    """A results home holding campaign `rec`, recorded once for this module's tests."""
+    home = tmp_path_factory.mktemp("replay-home")
+    proc = _aar(home, "campaign", str(ROOT / "experiments/quick.yaml"), *CAMPAIGN, "campaign_id=rec")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return home
+
+
+def _forum(run_dir: Path) -> dict[str, tuple]:
+    with sqlite3.connect(run_dir / "forum.db") as db:
+        return {r[0]: r[1:] for r in db.execute("SELECT trial_id, researcher, status, outcome, val_pgr_mean, "
+                                                "val_pgr_std, seeds FROM trials")}
+
+
+def _scores(run_dir: Path) -> dict[str, tuple]:
+    trials = json.loads((run_dir / "private" / "scorer.json").read_text())["trials"]
+    return {t["trial_id"]: (t["val"]["per_seed"], t["test"]["per_seed"], t["private"]) for t in trials}
+
+
+@pytest.mark.slow
+def test_an_offline_campaign_replays_identically(recorded):
+    proc = _aar(recorded, "replay", "rec")
+    last = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode == 0 and last.startswith("replay: identical: 2 researcher(s)"), \
+        proc.stdout[-4000:] + proc.stderr[-3000:]
+    rec, rep = recorded / "runs" / "rec", recorded / "runs" / "rec-replay"
+    # the same trials, each with its status, outcome and validation numbers, and the same scorer numbers
+    # (val and test per seed, the audit's): every trial ran again, for real, in the replay's own pool
+    assert _forum(rep) == _forum(rec) and len(_forum(rec)) == 3
+    assert _scores(rep).keys() == _scores(rec).keys()
+    for tid, (val, test, private) in _scores(rec).items():
+        got = _scores(rep)[tid]
+        assert got[0] == pytest.approx(val, abs=1e-6) and got[1] == pytest.approx(test, abs=1e-6)
+        assert got[2].keys() == private.keys()
+    assert any(p for _, _, p in _scores(rec).values())  # the audit was recorded, and replayed
+    assert re.search(r", [1-9]\d* tool results, 3 trials", last)
+    # the replay keeps its own tapes: the same steps, calls and results as the record's, times aside
+    for rid in ("r0", "r1"):
+        want, got = (tape.read(d / "tapes" / f"{rid}.jsonl") for d in (rec, rep))
+        assert difference(_played(want), _played(got)) is None
+    # and its own MLflow experiment, with a trial run per trial
+    client = MlflowClient(f"sqlite:///{recorded / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("aar-campaign/rec-replay")
+    runs = client.search_runs([exp.experiment_id], "tags.`aar.level` = 'trial'")
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(_forum(rec))
+    camp = client.search_runs([exp.experiment_id], "tags.`aar.level` = 'campaign'")
+    assert [(c.data.tags["aar.replay"], c.data.tags["aar.replay_of"]) for c in camp] == [("identical", "rec")]
+
+
+def _doctor(home: Path, cid: str) -> tuple[dict, int]:
+    """A copy of `rec` as `cid` with r0's first get_results result changed: a queued trial shown as
+    scored. (the changed event, its step's index of the call)"""
+    shutil.copytree(home / "runs" / "rec", home / "runs" / cid)
+    path = home / "runs" / cid / "tapes" / "r0.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    ev = next(e for e in events if e["kind"] == "result" and e["name"] == "get_results"
+              and e["content"]["trials"] and e["content"]["trials"][0]["status"] == "queued")
+    ev["content"]["trials"][0]["status"] = "scored"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return ev, ev["index"]
+
+
+@pytest.mark.slow
+def test_a_changed_tool_result_stops_the_replay_there(recorded):
+    ev, i = _doctor(recorded, "doctored")
+    proc = _aar(recorded, "replay", "doctored")
+    lines = proc.stdout.strip().splitlines()
+    where = f"r0 step {ev['step']} call {i + 1} (get_results {ev['id']})"
+    assert proc.returncode == 1 and lines[-1] == \
+        f'replay: diverged at {where}: .content.trials[0].status: expected "scored", got "queued"', \
+        proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert f"replay: {where} differs from the record" in lines  # then the diff: both results in full
+    shown = "\n".join(lines[lines.index(f"replay: {where} differs from the record"):])
+    assert '"status": "scored"' in shown and '"status": "queued"' in shown
+    # it stopped there: r0's replayed tape ends with that call, nothing after it ran
+    played = tape.read(recorded / "runs" / "doctored-replay" / "tapes" / "r0.jsonl")
+    assert (played[-1]["kind"], played[-1]["step"], played[-1]["index"]) == ("result", ev["step"], i)
+    bad = _aar(recorded, "replay", "doctored", "--until", "t-nosuch", timeout=120)
+    assert bad.returncode == 2 and "the record has no such trial" in bad.stderr and "base-naive" in bad.stderr
+
+
+@pytest.mark.slow
+def test_replay_until_a_trial_stops_once_it_has_landed(recorded):
+    proc = _aar(recorded, "replay", "rec", "--until", "base-naive")
+    last = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode == 0 and last.startswith("replay: identical up to trial base-naive: "), \
+        proc.stdout[-4000:] + proc.stderr[-3000:]
+    rows = _forum(recorded / "runs" / "rec-replay")
+    assert rows["base-naive"][1:3] == ("scored", "ok")
+    # what had landed in the record when naive did has landed here, and nothing after it
+    order = [e["trial_id"] for e in tape.read(recorded / "runs" / "rec" / "tapes" / "trials.jsonl")]
+    assert {tid for tid, row in rows.items() if row[1] != "queued"} == set(order[:order.index("base-naive") + 1])
