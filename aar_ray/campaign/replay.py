@@ -108,8 +108,11 @@ def load_record(cid: str) -> Record:
         raise ReplayError(f"no recorded campaign {cid!r}: {run_dir / 'config.yaml'} does not exist")
     if not tapes_dir.is_dir():
         raise ReplayError(f"campaign {cid!r} has no tapes ({tapes_dir}): it was recorded before campaigns kept them")
-    tapes = {p.stem: tape.read(p) for p in sorted(tapes_dir.glob("*.jsonl")) if p.name != TRIALS_TAPE}
-    trials = tape.read(tapes_dir / TRIALS_TAPE) if (tapes_dir / TRIALS_TAPE).exists() else []
+    try:
+        tapes = {p.stem: tape.read(p) for p in sorted(tapes_dir.glob("*.jsonl")) if p.name != TRIALS_TAPE}
+        trials = tape.read(tapes_dir / TRIALS_TAPE) if (tapes_dir / TRIALS_TAPE).exists() else []
+    except ValueError as e:  # a line broken in the middle of a tape
+        raise ReplayError(str(e)) from None
     private = run_dir / "private"
     scorer = {t["trial_id"]: {k: t[k] for k in ("val", "test", "private", "flags")}
               for t in _json(private / "scorer.json").get("trials", [])}
@@ -343,6 +346,7 @@ def replay(rec: Record, until: str | None = None) -> str:
     """Replay `rec` (up to the trial `until`); returns the summary; raises Divergence at the first difference."""
     import ray
 
+    from aar_ray import vault
     from aar_ray.campaign import driver
     from aar_ray.campaign.services import start_services
 
@@ -354,8 +358,10 @@ def replay(rec: Record, until: str | None = None) -> str:
     verdict = "diverged"
     try:
         run.cfg, _ = driver.fit_to_cluster(run.cfg, *driver.cluster_gpus())
+        # the replay needs no API key, so its vault holds none; MLflow's credentials, if any, it does
+        secrets = {k: v for k, v in vault.from_env().items() if k in vault.MLFLOW_SECRETS}
         svc = start_services(run.cfg, run.run_dir, run.experiment_id, run.researcher_runs, driver.worker_env(),
-                             sandbox.required, hold=True)
+                             sandbox.required, secrets, hold=True)
         ray.get(svc.forum.set_stop.remote(None))
         driver.score_baselines(run, svc)
         player = Replayer(rec, run, svc, until)
