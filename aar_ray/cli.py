@@ -110,6 +110,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report_main(args.campaign_id, args.out)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from aar_ray.campaign.replay import replay_main
+
+    return replay_main(args.campaign_id, args.until)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """`ray job submit` of a campaign from this checkout: results go to a lasting home (AAR_HOME,
     default this checkout), and runs carry this checkout's git SHA (the upload has no .git)."""
@@ -158,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("campaign_id")
     r.add_argument("--out", help="output directory (default runs/<campaign-id>/)")
     r.set_defaults(func=cmd_report)
+    rp = sub.add_parser("replay", help="rerun a recorded campaign with its recorded brain replies (no key needed), "
+                                       "checking every tool result and trial score against the record")
+    rp.add_argument("campaign_id")
+    rp.add_argument("--until", metavar="TRIAL", help="stop once this trial has landed (and matched)")
+    rp.set_defaults(func=cmd_replay)
     s = sub.add_parser("submit", help="submit a campaign to a Ray cluster with `ray job submit`, recording to a "
                                       "lasting results home")
     s.add_argument("preset", help="YAML preset, e.g. experiments/quick.yaml")

@@ -678,6 +678,25 @@ def load_config(schema: type[T], path: str | os.PathLike | None = None, override
             layers.append(OmegaConf.load(p))
         except Exception as e:  # yaml syntax errors
             raise ConfigError(f"{p}: cannot parse YAML: {e}") from None
+    return _merged(schema, layers, overrides)
+
+
+def load_written(schema: type[T], path: str | os.PathLike, overrides: list[str] | None = None) -> T:
+    """A config as `to_yaml` wrote it (a campaign's config.yaml: every field, those the schema declares
+    unused at their defaults), with dotlist overrides: `load_config` of it, less the unused fields."""
+    try:
+        layer = OmegaConf.load(Path(path))
+    except Exception as e:  # missing file, yaml syntax errors
+        raise ConfigError(f"{path}: cannot read it as YAML: {e}") from None
+    for key in getattr(schema, "UNUSED", {}):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(layer, parent, default=None) if parent else layer
+        if OmegaConf.is_dict(node) and leaf in node:
+            del node[leaf]
+    return _merged(schema, [layer], overrides)
+
+
+def _merged(schema: type[T], layers: list, overrides: list[str] | None) -> T:
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")

@@ -74,13 +74,14 @@ class Forum:
 
     def upsert_trial(self, trial_id: str, researcher: str, method_id: str, name: str, fidelity: str,
                      status: TrialState, val: dict | None = None, error: str | None = None,
-                     outcome: TrialStatus | None = None) -> None:
-        """A trial's row: its state, validation numbers when scored, and how its job ended (`outcome`)."""
+                     outcome: TrialStatus | None = None) -> float:
+        """A trial's row: its state, validation numbers when scored, and how its job ended (`outcome`).
+        Returns when it was written (this store's clock: what the trials' tape orders by)."""
         status = TrialState(status).value  # a bad state fails here, not in a reader
         outcome = TrialStatus(outcome).value if outcome is not None else None
-        now = time.time()
         val = val or {}
         with self._lock:
+            now = time.time()  # under the lock: every reader after this time sees the row
             self._db.execute(
                 "INSERT INTO trials VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(trial_id) DO UPDATE SET "
                 "status=excluded.status, val_pgr_mean=COALESCE(excluded.val_pgr_mean, val_pgr_mean), "
@@ -89,6 +90,7 @@ class Forum:
                 "outcome=excluded.outcome",
                 (trial_id, researcher, method_id, name, fidelity, status, val.get("val_pgr", {}).get("mean"),
                  val.get("val_pgr", {}).get("std"), val.get("val_acc"), val.get("seeds"), error, now, now, outcome))
+        return now
 
     def budget_counts(self, exclude: str = "driver") -> dict[str, int]:
         """Researcher trials that used the campaign's trial budget: `finished` (scored, or failed for a

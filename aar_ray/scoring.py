@@ -297,6 +297,14 @@ class Scorer:
                  "mlflow_run": r.mlflow_run, "private": r.private}
                 for r in self.trials.values()]
 
+    def numbers(self, trial_id: str) -> dict | None:
+        """Driver-only: a scored trial's unrounded validation and test numbers (mean, std, per seed, acc),
+        its held-out and audit results and flags, as `scorer.json` keeps them (what a replay compares)."""
+        rec = self.trials.get(trial_id)
+        if rec is None:
+            return None
+        return {"val": rec.val, "test": rec.test, "private": rec.private, "flags": sorted(rec.flags)}
+
     def flags(self, rec: TrialRecord) -> list[str]:
         return sorted(rec.flags | ({FLAG_PROBING} if self.watch.flagged(rec.researcher) else set()))
 

@@ -162,6 +162,10 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED", end_time: float | None = None) -> None: ...
 
+    def clear_experiment(self, experiment_id: str) -> int:
+        """Delete every run of an experiment (soft: restorable); returns how many."""
+        return 0
+
     def describe_experiment(self, experiment_id: str, text: str) -> None: ...
 
     def share_view(self, experiment_id: str, key: str, metrics: list[str], expanded: list[str],
@@ -281,6 +285,12 @@ class MlflowTracker(Tracker):
 
     def end_run(self, run_id: str, status: str = "FINISHED", end_time: float | None = None) -> None:
         self.client.set_terminated(run_id, status, end_time=int(end_time * 1000) if end_time is not None else None)
+
+    def clear_experiment(self, experiment_id: str) -> int:
+        runs = self.find_runs(experiment_id)
+        for r in runs:
+            self.client.delete_run(r.run_id)
+        return len(runs)
 
     def describe_experiment(self, experiment_id: str, text: str) -> None:
         """The experiment's description, and the classic runs view (not the GenAI overview) as its page."""

@@ -247,7 +247,12 @@ def test_broken_replies_and_connections_are_retried_like_5xx(api, broken, reason
     assert b.retries[0]["delay_s"] == 0.01 * (0.5 + 0.5 * jitter)  # the same backoff as a 5xx
     assert len(api.requests) == 2 and api.bodies[0] == api.bodies[1]
     assert b.spend.api_calls == 1 and len(b.messages) == 2
-    assert [k for k, _ in events] == ["api_retry", "api_call"] and events[0][1] == b.retries[0]
+    assert [k for k, _ in events] == ["api_reserved", "api_retry", "api_exchange", "api_call"]
+    assert events[1][1] == b.retries[0]
+    exchange = events[2][1]  # what the tape keeps for a replay: the request as sent, each attempt's outcome
+    assert exchange["request"] == api.bodies[0]
+    assert exchange["attempts"][0] == {"fault": b.retries[0]["reason"], "retry_after": None}
+    assert exchange["attempts"][1]["reply"]["content"] == [tool_use("leaderboard", {}, id="toolu_1")]
 
 
 def test_malformed_tool_input_is_returned_and_its_error_sent_back(api):

@@ -1,6 +1,7 @@
 """A Claude campaign end to end, as a user runs it: `aar campaign ... brain=claude` with a planted key,
 against the scripted Messages API server, through API faults, a driver killed mid-conversation and its
-resume; then a search of every file the campaign could have written for the key.
+resume; then a search of every file the campaign could have written for the key; then `aar replay` of
+the campaign with neither key nor server.
 
 The script, one step per request (the researcher's calls; retries take a step each):
   1 a 200 whose body is not JSON         -> retried
@@ -120,8 +121,28 @@ def test_claude_campaign_survives_faults_and_a_resume_and_never_writes_the_key(t
         assert not any(s in text for s in (KEY, PASSWORD) for text in (first_out, out))
         # not a vacuous search: Ray did log the researchers' runtime env (with the non-secret base URL)
         assert _files_holding([Path(ray_tmp)], api.base_url)
+        _check_replay(api, tmp_path, env)
     finally:
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
+
+
+def _check_replay(api: MessagesAPIServer, tmp: Path, env: dict) -> None:
+    """`aar replay` with no key and no server: the recorded replies (faults and retries included) answer
+    the same requests, the call cut short by the kill is made again only after the restart, every tool
+    result and the trials' scores match, and the reply past the cap ends the researcher as before."""
+    served = len(api.requests)
+    bare = {k: v for k, v in env.items() if k not in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
+                                                      "MLFLOW_TRACKING_PASSWORD")}
+    rep = subprocess.run([sys.executable, "-m", "aar_ray", "replay", CID], capture_output=True, text=True, env=bare,
+                         timeout=900)
+    last = rep.stdout.strip().splitlines()[-1] if rep.stdout.strip() else ""
+    assert rep.returncode == 0 and last.startswith("replay: identical: 1 researcher(s)"), \
+        rep.stdout[-4000:] + rep.stderr[-3000:]
+    assert "4 API calls from the tape" in last and len(api.requests) == served  # the server heard nothing
+    events = [json.loads(line) for line in (tmp / "runs" / f"{CID}-replay" / "tapes" / "r0.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events].count("start") == 2  # restarted where the record's actor was
+    assert events[-1]["outcome"] == "budget_exceeded" and events[-1]["message"].startswith("dollar budget spent: $0.6")
+    assert _files_holding([tmp / "runs" / f"{CID}-replay"], KEY, PASSWORD) == []
 
 
 def _check_conversation(api: MessagesAPIServer, tmp: Path, deadline: float) -> None:

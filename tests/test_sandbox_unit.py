@@ -336,3 +336,33 @@ def test_an_unprivileged_user_cannot_start_what_requires_root(tmp_path):
         assert out["reason"].startswith("this host cannot apply the required sandbox layers uid, cgroup"), out
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_child_that_exited_with_the_trial_is_reaped_not_counted_as_a_leftover():
+    """A descendant that exited as the main process did is a zombie when the keeper looks (more so on a
+    loaded host): it outlived nothing and is reaped; a live one is killed and counted. (Counting zombies
+    failed the naive baseline as leftover_processes now and then: found by `aar replay`.)"""
+    import time
+
+    from aar_ray.sandbox import launch
+
+    r, w = os.pipe()
+    helper = os.fork()
+    if helper == 0:  # a fresh process: _kill_tree reaps and signals its own children only
+        os.close(r)
+        zombie = os.fork()
+        if zombie == 0:
+            os._exit(0)
+        while not launch._exited(zombie):
+            time.sleep(0.01)
+        live = os.fork()
+        if live == 0:
+            time.sleep(60)
+            os._exit(0)
+        os.write(w, f"{launch._kill_tree(None, None)} {int(os.path.exists(f'/proc/{zombie}'))}".encode())
+        os._exit(0)
+    os.close(w)
+    out = os.read(r, 64).decode()
+    os.close(r)
+    os.waitpid(helper, 0)
+    assert out == "1 0"  # the live child killed and counted; the zombie reaped, not counted

@@ -160,12 +160,19 @@ class Transcript:
     scrub: Callable[[str], str] = str
 
     def add(self, kind: str, **data: Any) -> None:
-        import json
         import time
 
         event = {"t": time.time(), "kind": kind, **data}
         self.events.append(event)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as fh:
-                fh.write(self.scrub(json.dumps(event, default=str)) + "\n")
+            append_jsonl(self.path, event, self.scrub)
+
+
+def append_jsonl(path: Any, event: dict, scrub: Callable[[str], str] = str) -> None:
+    """Append one event as a JSON line (secrets scrubbed) to `path`, creating its directory: each line is
+    written whole as it happens, so a killed process loses nothing written before."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(scrub(json.dumps(event, default=str)) + "\n")

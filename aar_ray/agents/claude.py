@@ -22,7 +22,9 @@ is recorded (spend and conversation) and then `BudgetExceeded` is raised instead
 tool calls: a reply is paid for whether or not it is acted on.
 
 Every call is one trace of the tracer (`aar_ray.tracking.MlflowCallTracer` in a campaign), retries
-are its events; `listen(fn)` hands the same events to the transcript.
+are its events; `listen(fn)` hands the same events to the transcript, and each call's whole exchange
+(the request as sent and every attempt's reply or fault) to the tape (`aar_ray.agents.tape`), from
+which `aar replay` answers the same requests with the recorded replies (`client=`, no key needed).
 
 Context management (deterministic, no extra API call, so it costs nothing and replays exactly):
 when the conversation holds more than `max_context_turns` assistant turns, or its estimated size
@@ -103,8 +105,9 @@ def _malformed(reply: Any) -> str:
     return ""
 
 
-class _Retryable(Exception):
-    """A fault worth another attempt, with the server's retry-after hint if it gave one."""
+class RetryableFault(Exception):
+    """A fault worth another attempt, with the server's retry-after hint if it gave one. A `client=`
+    (a replay's) raises it to reproduce a recorded fault."""
 
     def __init__(self, fault: str, retry_after: float | None = None):
         super().__init__(fault)
@@ -115,13 +118,16 @@ class ClaudeBrain:
     """The Brain protocol (`aar_ray.agents.base`) on Claude. See the module docstring.
 
     `authority` holds the caps (a `BudgetAuthority` or its actor; default: a private one with
-    `budget`'s caps and no campaign cap); `tracer` traces each call (default: none)."""
+    `budget`'s caps and no campaign cap); `tracer` traces each call (default: none); `client` replaces
+    the SDK's (anything with `messages.create(**kwargs)`, e.g. a replay's recorded API): then no key is
+    needed."""
 
     def __init__(self, cfg: ClaudeConfig, system_prompt: str, seed: int = 0,
                  budget: ResearcherBudget = ResearcherBudget(), *, researcher: str = "researcher",
-                 api_key: str | None = None, authority: Any = None, tracer: CallTracer | None = None):
-        self._key = api_key or vault.get(KEY_ENV)
-        if not self._key:
+                 api_key: str | None = None, authority: Any = None, tracer: CallTracer | None = None,
+                 client: Any = None):
+        self._key = api_key or ("" if client is not None else vault.get(KEY_ENV))
+        if not self._key and client is None:
             raise BrainError(f"{KEY_ENV} is not set")
         self.cfg, self.rid = cfg, researcher
         self.authority = authority if authority is not None else BudgetAuthority(budget)
@@ -142,7 +148,7 @@ class ClaudeBrain:
         self._tools[-1]["cache_control"] = _EPHEMERAL
         self._fixed_chars = len(system_prompt) + len(json.dumps(self._tools))
         # An explicit api_key stops the SDK from falling back to profiles or other credential sources.
-        self._client = anthropic.Anthropic(api_key=self._key, max_retries=0, timeout=cfg.timeout_s)
+        self._client = client or anthropic.Anthropic(api_key=self._key, max_retries=0, timeout=cfg.timeout_s)
 
     # ---------------- the Brain protocol ----------------
 
@@ -166,7 +172,8 @@ class ClaudeBrain:
         return calls
 
     def listen(self, fn: Callable[..., None]) -> None:
-        """`fn(kind, **data)` gets every API call ("api_call") and retry ("api_retry")."""
+        """`fn(kind, **data)` gets every reservation ("api_reserved"), API call ("api_call") and retry
+        ("api_retry"), and each call's whole exchange ("api_exchange")."""
         self._listeners.append(fn)
 
     def on_results(self, results: list[ToolResult]) -> None:
@@ -357,15 +364,19 @@ class ClaudeBrain:
         spent or ''). Raises BudgetExceeded before calling when the call could cross a cap."""
         dollars, tokens, how = self.worst_case(messages)
         ticket = call(self.authority, "reserve", self.rid, dollars, tokens, how)
+        self._emit("api_reserved", dollars=dollars, tokens=tokens, how=how)  # a replay of a call cut short redoes it
         kwargs = self._request(messages)
         trace = self.tracer.start("messages.create", {k: kwargs[k] for k in ("model", "max_tokens", "system", "messages")},
                                   {"aar.call": str(self.spend.api_calls + 1)})
+        attempts: list[dict] = []
         try:
-            reply = self._create(kwargs, trace)
+            reply = self._create(kwargs, trace, attempts)
         except BaseException as e:  # no reply: nothing to pay; the conversation is untouched
             call(self.authority, "release", ticket)
             trace.end(error=self._scrub(str(e)))
             raise
+        finally:  # the request as sent (the key is the client's, never in it) and what each attempt got
+            self._emit("api_exchange", request=json.loads(json.dumps(kwargs, default=str)), attempts=attempts)
         cost, used, usage, costs = self._record(reply.usage)
         trace.end(outputs=reply.to_dict(mode="json", warnings=False), usage=usage, cost=costs)
         self.last_trace_id = trace.trace_id
@@ -397,13 +408,20 @@ class ClaudeBrain:
             content.append({"type": "text", "text": f"(no reply text; stop_reason={reply.stop_reason})"})
         return content, calls, dropped
 
-    def _create(self, kwargs: dict, trace: CallTrace) -> Any:
-        """The request, retried with backoff while the fault is retryable; APIUnavailable when retries run out."""
+    def _create(self, kwargs: dict, trace: CallTrace, attempts: list[dict]) -> Any:
+        """The request, retried with backoff while the fault is retryable; APIUnavailable when retries run
+        out. Each attempt's reply or fault is appended to `attempts`."""
         for attempt in range(self.cfg.max_retries + 1):
             try:
-                return self._attempt(kwargs)
-            except _Retryable as r:
+                reply = self._attempt(kwargs)
+                attempts.append({"reply": reply.to_dict(mode="json", warnings=False)})
+                return reply
+            except RetryableFault as r:
                 fault, hint = self._scrub(r.fault), r.retry_after
+                attempts.append({"fault": fault, "retry_after": hint})
+            except BrainError as e:
+                attempts.append({"refused": str(e)})
+                raise
             if attempt == self.cfg.max_retries:
                 raise APIUnavailable(fault, retries=attempt)
             retry = {"attempt": attempt + 1, "reason": fault, "delay_s": self._backoff(attempt, hint)}
@@ -414,26 +432,26 @@ class ClaudeBrain:
         raise AssertionError("unreachable")
 
     def _attempt(self, kwargs: dict) -> Any:
-        """One request: its reply; `_Retryable` for a fault worth retrying; BrainError for a refusal."""
+        """One request: its reply; `RetryableFault` for a fault worth retrying; BrainError for a refusal."""
         try:
             reply = self._client.messages.create(**kwargs)
         except anthropic.APIStatusError as e:
             fault = f"HTTP {e.status_code} {e.type or ''}: {e.api_message or ''}".strip()
             if (e.status_code in (408, 409, 429) or e.status_code >= 500) and \
                     e.response.headers.get("x-should-retry") != "false":
-                raise _Retryable(fault, _retry_after(e.response.headers)) from None
+                raise RetryableFault(fault, _retry_after(e.response.headers)) from None
             raise BrainError(self._scrub(f"Messages API refused the request: {fault}")) from None
         except anthropic.APITimeoutError:
-            raise _Retryable(f"timeout after {self.cfg.timeout_s}s") from None
+            raise RetryableFault(f"timeout after {self.cfg.timeout_s}s") from None
         except anthropic.APIConnectionError as e:  # refused, reset, or a body cut short
             cause = e.__cause__ or e
-            raise _Retryable(f"connection error: {type(cause).__name__}: {cause}") from None
+            raise RetryableFault(f"connection error: {type(cause).__name__}: {cause}") from None
         except (json.JSONDecodeError, anthropic.APIResponseValidationError) as e:  # a 200 whose body is not JSON
-            raise _Retryable(f"malformed reply: {type(e).__name__}: {e}") from None
+            raise RetryableFault(f"malformed reply: {type(e).__name__}: {e}") from None
         problem = _malformed(reply)
         if problem:
-            raise _Retryable(f"malformed reply: {problem}")
+            raise RetryableFault(f"malformed reply: {problem}")
         return reply
 
     def _scrub(self, text: str) -> str:
-        return vault.scrub(text.replace(self._key, "***"))
+        return vault.scrub(text.replace(self._key, "***") if self._key else text)

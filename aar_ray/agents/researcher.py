@@ -5,7 +5,8 @@ as a Ray actor (num_cpus=0, max_restarts) whose state lives in the forum store: 
 the step and the results of the last step's tool calls, saved as soon as they ran. So a restarted
 actor continues where it was, answers the model's last calls with what they really returned, and
 never resubmits a finished trial. Its transcript is one JSONL file appended event by event, across
-restarts. Budgets (trials, GPU-seconds, steps, deadline) are checked here, in the harness, not by
+restarts; so is its tape (`aar_ray.agents.tape`): every step's observation, what the brain was handed
+and returned, the API exchanges, each tool result, for `aar replay`. Budgets (trials, GPU-seconds, steps, deadline) are checked here, in the harness, not by
 the brain; LLM tokens and dollars by the budget authority before every call.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aar_ray import vault
 from aar_ray.agents import compose
 from aar_ray.agents.base import (BrainError, BudgetExceeded, CampaignStopped, DeadlineReached, Finished,
                                  ResearchOutcome, StepLimit, ToolCall, ToolResult, Transcript, call)
+from aar_ray.agents.tape import Tape
 from aar_ray.agents.tools import validate
 from aar_ray.config import ResearcherBudget
 from aar_ray.sandbox.contract import TrialState
@@ -141,19 +143,35 @@ class Researcher:
     transcript_dir: Path
     stop_flag: Any = None  # callable -> None or {"kind", "reason"}: the campaign asks researchers to wind down
     on_save: Any = None  # callable(rid, outcome, spend, transcript_path): e.g. MLflow
+    tape_dir: Path | None = None  # where its tape goes (None: no tape)
+    brain_info: dict = field(default_factory=dict)  # what rebuilds the brain in a replay (kind, direction, seed)
     transcript: Transcript = field(init=False)
+    tape: Tape = field(init=False)
     _results: list[ToolResult] = field(default_factory=list, init=False)
     _step: int = field(default=0, init=False)
+    _observed_at: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.transcript = Transcript(self.rid, self.transcript_dir / f"{self.rid}.jsonl", scrub=vault.scrub)
-        self._hook("listen", self.transcript.add)  # the brain's API calls and retries
+        self.tape = Tape(self.tape_dir / f"{self.rid}.jsonl" if self.tape_dir else None, scrub=vault.scrub)
+        self._hook("listen", self._brain_event)
         saved = call(self.executor.forum, "load_state", self.rid)
         if saved:  # a restarted actor continues from its persisted state, its last tool results included
             self.brain.restore(saved["brain"])
             self._step = saved["step"]
             self._results = [ToolResult(**r) for r in saved.get("results", [])]
             self.transcript.add("restored", step=self._step, results=len(self._results))
+        self.tape.add("start", step=self._step, **self.brain_info)
+
+    def _brain_event(self, kind: str, **data: Any) -> None:
+        """The brain's events: API exchanges (whole requests) and budget reservations go to the tape, the
+        rest to the transcript."""
+        if kind == "api_exchange":
+            self.tape.exchange(self._step + 1, data["request"], data["attempts"])
+        elif kind == "api_reserved":
+            self.tape.add("reserve", step=self._step + 1, **data)
+        else:
+            self.transcript.add(kind, **data)
 
     def _hook(self, name: str, *args: Any) -> None:
         """Call one of the brain's optional methods (see `aar_ray.agents.base.Brain`)."""
@@ -162,9 +180,14 @@ class Researcher:
             fn(*args)
 
     def observe(self) -> str:
+        self._observed_at = time.time()  # before its reads: where the tape puts the observation
         return json.dumps({"step": self._step, "queries_left": self.executor.queries_left(),
                            "pending": self.executor.pending(), "seconds_left": round(self.deadline - time.time()),
                            "spend": {"tokens": self.brain.spend.tokens, "dollars": round(self.brain.spend.dollars, 4)}})
+
+    @property
+    def steps_done(self) -> int:
+        return self._step
 
     def check_limits(self) -> None:
         if time.time() >= self.deadline:
@@ -184,19 +207,43 @@ class Researcher:
     def step(self) -> None:
         """Query the brain, execute its actions."""
         self.check_limits()
-        calls = self.brain.act(self.observe(), self._results)
+        calls = self.decide(self.observe())
+        for c in calls:
+            self.run_call(c)
+        self.settle()
+        if all(c.name in ("get_results", "leaderboard", "read_forum") for c in calls):
+            self._wait_for_news()
+
+    # the parts of a step, one by one (a replay runs them in the order the record has them)
+
+    def decide(self, observation: str) -> list[ToolCall]:
+        """The brain's next calls, taped with what it was given; the step counts once it answers."""
+        self.tape.add("observe", t=self._observed_at, step=self._step + 1, observation=observation,
+                      handed=[asdict(r) for r in self._results])
+        calls = self.brain.act(observation, self._results)
         self._step += 1
-        self._results = [self.executor.execute(c) for c in calls]
-        for c, r in zip(calls, self._results):
-            self.transcript.add("tool", name=c.name, input=c.input, result=r.content, is_error=r.is_error)
+        self._results = []
+        self.tape.add("act", step=self._step, calls=[asdict(c) for c in calls], spend=vars(self.brain.spend))
+        return calls
+
+    def run_call(self, c: ToolCall) -> ToolResult:
+        """Execute one of this step's calls."""
+        t = time.time()
+        r = self.executor.execute(c)
+        self.tape.add("result", t=t, step=self._step, index=len(self._results), **asdict(r))
+        self._results.append(r)
+        self.transcript.add("tool", name=c.name, input=c.input, result=r.content, is_error=r.is_error)
+        return r
+
+    def settle(self) -> None:
+        """The step's calls have run: tell the brain, persist, and end if it called `finish`."""
         self._hook("on_results", self._results)
         # saved before anything else can fail: a restart must answer these calls with what they returned
         call(self.executor.forum, "save_state", self.rid, {"brain": self.brain.state(), "step": self._step,
                                                            "results": [asdict(r) for r in self._results]})
+        self.tape.add("saved", step=self._step)
         if self.executor.finished_summary is not None:
             raise Finished(self.executor.finished_summary)
-        if all(c.name in ("get_results", "leaderboard", "read_forum") for c in calls):
-            self._wait_for_news()
 
     def _wait_for_news(self) -> None:
         """Nothing new to do until a trial comes back: wait for one (researchers think while jobs run)."""
@@ -229,6 +276,7 @@ class Researcher:
     def save_transcript(self, outcome: ResearchOutcome) -> Path:
         """Append the outcome; hand the whole file (every run segment so far) to `on_save`."""
         self.transcript.add("outcome", outcome=outcome.kind, message=str(outcome))
+        self.tape.add("outcome", step=self._step, outcome=outcome.kind, message=str(outcome))
         if self.on_save is not None:
             self.on_save(self.rid, outcome.kind, vars(self.brain.spend), str(self.transcript.path))
         return self.transcript.path

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aar_ray import vault
+from aar_ray.agents.tape import TAPES
 from aar_ray.campaign.progress import Progress
 from aar_ray.campaign.services import DRIVER, Services, method_id, start_services
 from aar_ray.config import CampaignConfig, to_yaml
@@ -169,11 +170,12 @@ def _find_or_start(tracker, exp_id: str, level: str, tag: str, value: str, name:
     return tracker.start_run(exp_id, name, parent=parent, tags={tracking.LEVEL: level, tag: value, **tags})
 
 
-def open_run(cfg: CampaignConfig) -> Run:
-    """Phase 0: the campaign's id, directory, MLflow experiment and runs (found again on a resume)."""
+def open_run(cfg: CampaignConfig, kind: str | None = None) -> Run:
+    """Phase 0: the campaign's id, directory, MLflow experiment and runs (found again on a resume).
+    `kind`: the brain, when it is not the preset's to decide (a replay's is the record's)."""
     from aar_ray import tracking
 
-    kind = brain_kind(cfg)  # fails fast: a Claude preset without a key never starts anything
+    kind = kind or brain_kind(cfg)  # fails fast: a Claude preset without a key never starts anything
     cid = cfg.campaign_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     cfg = dataclasses.replace(cfg, campaign_id=cid)
     run_dir = runs_root(cfg) / cid
@@ -269,7 +271,7 @@ def research(run: Run, svc: Services, progress: Progress, env: dict) -> dict[str
     actor = ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)(ResearcherActor)
     actors = {rid: actor.options(name=f"aar-researcher-{rid}", runtime_env={"env_vars": env}).remote(
         rid, run.kind, run.directions[rid], i, cfg, deadline, str(run.run_dir / "transcripts"),
-        run.researcher_runs[rid]) for i, rid in enumerate(run.rids)}
+        run.researcher_runs[rid], str(run.run_dir / TAPES)) for i, rid in enumerate(run.rids)}
     runs = {actors[rid].run.remote(): rid for rid in run.rids}
     outcomes: dict[str, dict] = {}
     while runs:

@@ -43,9 +43,9 @@ def make_tracer(cfg: CampaignConfig, rid: str, researcher_run: str | None):
 
 
 def make_brain(kind: str, rid: str, direction: str, seed: int, cfg: CampaignConfig, deadline: float,
-               researcher_run: str | None = None):
+               researcher_run: str | None = None, client=None):
     """The researcher's brain: Claude (its key from the vault, its calls reserved with the campaign's
-    budget authority, traced) or offline."""
+    budget authority, traced; `client`: the API's stand-in in a replay, no key then) or offline."""
     if kind == "claude":
         import ray
 
@@ -57,51 +57,68 @@ def make_brain(kind: str, rid: str, direction: str, seed: int, cfg: CampaignConf
         prompt = system_prompt(direction, researcher=rid, budgets=budget_lines(cfg, deadline),
                                n_seeds=len(cfg.scoring.seeds))
         return ClaudeBrain(cfg.claude, prompt, seed=seed, budget=cfg.researcher, researcher=rid,
-                           api_key=vault.get(vault.ANTHROPIC_KEY), authority=ray.get_actor(BUDGET),
-                           tracer=make_tracer(cfg, rid, researcher_run))
+                           api_key=vault.get(vault.ANTHROPIC_KEY) if client is None else None,
+                           authority=ray.get_actor(BUDGET), tracer=make_tracer(cfg, rid, researcher_run), client=client)
     from aar_ray.agents.offline import OfflineBrain
 
     return OfflineBrain(direction, seed=seed, recipe=cfg.w2s.recipe)
 
 
+def make_executor(rid: str, cfg: CampaignConfig, forum, scorer, service):
+    """A researcher's tools, on the campaign's forum, scorer and trial service (actor handles)."""
+    import ray
+
+    from aar_ray.agents.researcher import ToolExecutor
+
+    return ToolExecutor(rid, forum, scorer, service, cfg.researcher, cfg.trial,
+                        lambda *a: ray.get(service.submit.remote(*a)), list(cfg.scoring.seeds),
+                        total_trials=cfg.budget.trials)
+
+
+def link_traces(brain, researcher_run: str | None) -> None:
+    """The researcher's run names the experiment holding its traces (each trace names the run)."""
+    from aar_ray import tracking
+
+    experiment = getattr(getattr(brain, "tracer", None), "experiment_id", None)
+    if experiment and researcher_run:
+        tracking.default_tracker().set_tags(researcher_run, {tracking.TRACE_EXPERIMENT: experiment})
+
+
+def record_outcome(researcher_run: str | None, rid: str, outcome: str, spend: dict, path: str) -> None:
+    """A researcher's end on its MLflow run: outcome, tokens and dollars, the transcript (every run
+    segment so far)."""
+    from aar_ray import tracking
+
+    tr = tracking.default_tracker()
+    if not tr.enabled or not researcher_run:
+        return
+    tr.set_tags(researcher_run, {"outcome": outcome})
+    tr.log_metrics(researcher_run, {"tokens": sum(spend.get(k, 0) for k in (
+        "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")),
+        "dollars": spend.get("dollars", 0.0)})
+    tr.log_file(researcher_run, path, "transcript")
+
+
 class ResearcherActor:
-    """One researcher; its methods: `run() -> outcome dict`."""
+    """One researcher; its methods: `run() -> outcome dict`. Its tape goes to `tape_dir` (if given)."""
 
     def __init__(self, rid: str, kind: str, direction: str, seed: int, cfg: CampaignConfig, deadline: float,
-                 transcript_dir: str, researcher_run: str | None):
+                 transcript_dir: str, researcher_run: str | None, tape_dir: str | None = None):
+        import functools
+
         import ray
 
-        from aar_ray.agents.researcher import Researcher, ToolExecutor
+        from aar_ray.agents.researcher import Researcher
 
         forum, scorer, service = (ray.get_actor(n) for n in (FORUM, SCORER, TRIALS))
-        self.rid, self.researcher_run = rid, researcher_run
-        executor = ToolExecutor(rid, forum, scorer, service, cfg.researcher, cfg.trial,
-                                lambda *a: ray.get(service.submit.remote(*a)), list(cfg.scoring.seeds),
-                                total_trials=cfg.budget.trials)
+        executor = make_executor(rid, cfg, forum, scorer, service)
         brain = make_brain(kind, rid, direction, seed, cfg, deadline, researcher_run)
-        self._link_traces(brain)
+        link_traces(brain, researcher_run)
         self.researcher = Researcher(rid, brain, executor, cfg.researcher, deadline, Path(transcript_dir),
-                                     stop_flag=lambda: ray.get(forum.stop_requested.remote()), on_save=self._record)
-
-    def _link_traces(self, brain) -> None:
-        """The researcher's run names the experiment holding its traces (each trace names the run)."""
-        from aar_ray import tracking
-
-        experiment = getattr(getattr(brain, "tracer", None), "experiment_id", None)
-        if experiment and self.researcher_run:
-            tracking.default_tracker().set_tags(self.researcher_run, {tracking.TRACE_EXPERIMENT: experiment})
-
-    def _record(self, rid: str, outcome: str, spend: dict, path: str) -> None:
-        from aar_ray import tracking
-
-        tr = tracking.default_tracker()
-        if not tr.enabled or not self.researcher_run:
-            return
-        tr.set_tags(self.researcher_run, {"outcome": outcome})
-        tr.log_metrics(self.researcher_run, {"tokens": sum(spend.get(k, 0) for k in (
-            "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")),
-            "dollars": spend.get("dollars", 0.0)})
-        tr.log_file(self.researcher_run, path, "transcript")  # the whole file: every run segment so far
+                                     stop_flag=lambda: ray.get(forum.stop_requested.remote()),
+                                     on_save=functools.partial(record_outcome, researcher_run),
+                                     tape_dir=Path(tape_dir) if tape_dir else None,
+                                     brain_info={"brain": kind, "direction": direction, "seed": seed})
 
     def run(self) -> dict:
         return self.researcher.run()

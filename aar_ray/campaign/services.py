@@ -5,7 +5,7 @@ The scorer, the forum and the budget authority are their plain classes (`aar_ray
 `aar_ray.forum.Forum`, `aar_ray.budget.BudgetAuthority`) made remote as they are: their methods are
 the actors' methods. The trial service below owns the
 task pool: researchers submit trials to it, a background thread collects finished jobs, has the
-scorer score them and updates the forum.
+scorer score them, updates the forum and tapes when each outcome reached it (`aar_ray.agents.tape`).
 """
 from __future__ import annotations
 
@@ -35,14 +35,17 @@ class Services:
 
 
 def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_runs: dict[str, str],
-                   env: dict, sandbox: tuple[str, ...], secrets: dict[str, str] | None = None) -> Services:
+                   env: dict, sandbox: tuple[str, ...], secrets: dict[str, str] | None = None,
+                   hold: bool = False) -> Services:
     """Start (named, in this campaign's namespace) the vault with `secrets` (if any), the scorer, the
     forum, the budget authority and the trial service. `env` holds no secret (Ray logs runtime envs):
     actors ask the vault (the researchers for the API key, MLflow clients for their credentials).
-    `sandbox`: the layers every trial must apply (`requirement.resolve(cfg.sandbox).required`)."""
+    `sandbox`: the layers every trial must apply (`requirement.resolve(cfg.sandbox).required`).
+    `hold`: finished trials wait for `TrialService.release` (a replay decides when each one lands)."""
     import ray
 
     from aar_ray import tracking, vault
+    from aar_ray.agents.tape import TAPES, TRIALS_TAPE
     from aar_ray.budget import BUDGET, BudgetAuthority
     from aar_ray.forum import Forum
     from aar_ray.scoring import Scorer
@@ -59,7 +62,8 @@ def start_services(cfg: CampaignConfig, run_dir, experiment_id: str, researcher_
         str(run_dir / "forum.db"), len(cfg.scoring.seeds))
     # held-out and audit jobs block one of its threads each while they run: room for all of them
     trials = ray.remote(num_cpus=0, max_concurrency=64)(TrialService).options(name=TRIALS, **opts).remote(
-        cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum, tuple(sandbox), cfg.scoring, cfg.backfill)
+        cfg.pool, cfg.trial, str(run_dir / "ledger.db"), scorer, forum, tuple(sandbox), cfg.scoring, cfg.backfill,
+        str(run_dir / TAPES / TRIALS_TAPE), hold)
     # one call at a time (Ray's default for a sync actor): a reservation's check and record are one step
     budget = ray.remote(num_cpus=0)(BudgetAuthority).options(name=BUDGET, **opts).remote(
         cfg.researcher, cfg.budget.dollars, str(run_dir / "private" / "budget.json"))
@@ -114,10 +118,17 @@ class TrialService:
     A resumed campaign resubmits unfinished trials: the pool's ledger returns finished jobs'
     recorded outcomes without running them again. With `backfill.enabled`, a producer sends the final
     stage's jobs for the current top trials to the pool as backfill (`aar_ray/campaign/backfill.py`).
+    Each outcome that reaches the forum is taped (`tape_path`). With `hold`, a finished job is collected
+    only once released (`release`): a replay lands each trial where the record has it, so every tool
+    call sees what it saw then.
     """
 
     def __init__(self, pool_cfg: PoolConfig, settings: TrialSettings, ledger_path: str, scorer: Any, forum: Any,
-                 sandbox: tuple[str, ...], scoring: ScoringConfig, backfill: BackfillConfig):
+                 sandbox: tuple[str, ...], scoring: ScoringConfig, backfill: BackfillConfig,
+                 tape_path: str | None = None, hold: bool = False):
+        from pathlib import Path
+
+        from aar_ray.agents.tape import Tape
         from aar_ray.campaign.backfill import BackfillProducer
         from aar_ray.pool import SqliteLedger, TaskPool
         from aar_ray.sandbox.runner import SandboxLimits
@@ -126,7 +137,11 @@ class TrialService:
         self.limits = SandboxLimits(require=tuple(sandbox))  # checked by every trial, on every worker
         self.pool = TaskPool(pool_cfg, ledger=SqliteLedger(ledger_path))
         self.scorer, self.forum = scorer, forum
+        self.tape = Tape(Path(tape_path) if tape_path else None)
         self.active: dict[str, tuple[Any, _Submitted]] = {}  # trial_id -> (handle, what was submitted)
+        self.hold = hold
+        self.released: dict[str, bool] = {}  # trial_id -> cancelled (hold mode: what may be collected, and how)
+        self.collected: set[str] = set()
         self.lock = threading.Lock()
         threading.Thread(target=self._collect, daemon=True).start()
         self.backfill = BackfillProducer(scorer, scoring, lambda *job: self.private_pieces(*job, backfill=True),
@@ -186,13 +201,31 @@ class TrialService:
         """Every pool job's `JobInfo` (which ran, which came from the ledger, which were backfill)."""
         return self.pool.jobs()
 
+    def release(self, trial_id: str, cancel: bool = False) -> bool:
+        """Hold mode: let this trial's outcome land now, and wait until it has (scored or recorded as
+        unscored). `cancel`: the record has it cancelled (after the grace period), so it ends cancelled
+        whether or not its job has finished here. False when no such trial was ever submitted."""
+        with self.lock:
+            if trial_id not in self.active:
+                return trial_id in self.collected
+            self.released[trial_id] = cancel
+            handle = self.active[trial_id][0]
+        if cancel:
+            handle.cancel()
+        while True:
+            with self.lock:
+                if trial_id not in self.active:
+                    return True
+            time.sleep(0.1)
+
     def _collect(self) -> None:
         import ray
 
         while True:
             time.sleep(0.2)
             with self.lock:
-                done = [(t, h, m) for t, (h, m) in self.active.items() if h.done()]
+                done = [(t, h, m) for t, (h, m) in self.active.items()
+                        if (h.done() or self.released.get(t)) and (not self.hold or t in self.released)]
             for trial_id, handle, sub in done:
                 try:
                     self._finish(ray, trial_id, handle, sub)
@@ -201,14 +234,18 @@ class TrialService:
                 finally:
                     with self.lock:  # a trial counts as busy until it is scored or recorded as unscored
                         self.active.pop(trial_id, None)
+                        self.collected.add(trial_id)
 
     def _finish(self, ray, trial_id: str, handle, sub: _Submitted) -> None:
         from aar_ray.scoring import QueryBudgetExceeded, ScoringError
 
-        try:
-            out = handle.result()
-        except Exception as e:  # noqa: BLE001
-            out = outcome_of_failure(e)
+        if self.released.get(trial_id):  # cancelled by a replay, as recorded
+            out = TrialOutcome.failure(TrialStatus.CANCELLED, "cancelled after the grace period, as recorded")
+        else:
+            try:
+                out = handle.result()
+            except Exception as e:  # noqa: BLE001
+                out = outcome_of_failure(e)
         if not out.ok:
             self._unscored(ray, trial_id, sub, out.status, out.reason, out.sandbox)
             return
@@ -225,8 +262,12 @@ class TrialService:
             reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
             self._unscored(ray, trial_id, sub, status, reason, out.sandbox)
             return
-        ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name, sub.fidelity,
-                                               TrialState.SCORED, val, None, TrialStatus.OK))
+        t = ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name,
+                                                   sub.fidelity, TrialState.SCORED, val, None, TrialStatus.OK))
+        self._taped(t, trial_id, sub.owner, TrialState.SCORED, TrialStatus.OK)
+
+    def _taped(self, t: float, trial_id: str, owner: str, state: TrialState, status: TrialStatus) -> None:
+        self.tape.add("trial", t=t, trial_id=trial_id, owner=owner, state=state.value, status=status.value)
 
     def _unscored(self, ray, trial_id: str, sub: _Submitted, status: TrialStatus, reason: str,
                   sandbox: tuple[str, ...]) -> None:
@@ -235,8 +276,9 @@ class TrialService:
         shown = f"{status.value}: {reason}" if state is TrialState.FAILED else reason
         if status is not TrialStatus.REFUSED:  # no score, no query: the admitted one is given back
             ray.get(self.scorer.release.remote(sub.owner, trial_id))
-        ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name, sub.fidelity,
-                                               state, None, shown, status))
+        t = ray.get(self.forum.upsert_trial.remote(trial_id, sub.owner, method_id(sub.source), sub.name,
+                                                   sub.fidelity, state, None, shown, status))
+        self._taped(t, trial_id, sub.owner, state, status)
         try:
             ray.get(self.scorer.record_unscored.remote(sub.owner, trial_id, sub.name, sub.source, sub.fidelity,
                                                        status.value, reason, sandbox))
@@ -259,6 +301,7 @@ class TrialService:
 
     def cancel_all(self) -> int:
         with self.lock:
+            self.hold = False  # nothing waits for a release any more
             items = list(self.active.items())
         n = sum(bool(h.cancel()) for _, (h, _) in items)
         deadline = time.time() + 60  # let the collector record the cancelled trials before the driver moves on

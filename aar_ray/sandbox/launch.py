@@ -325,11 +325,22 @@ def _reap() -> list[tuple[int, int, object]]:
         out.append((pid, status, ru))
 
 
+def _exited(pid: int) -> bool:
+    """Whether `pid` is gone or a zombie: a process that has exited (and waits to be reaped) outlived
+    nothing, and signalling it succeeds, so it must not count as a leftover."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def _kill_tree(cg: Cgroups | None, main: int | None) -> int:
-    """SIGKILL every remaining descendant until none is left; returns how many were killed."""
+    """SIGKILL every remaining live descendant until none is left; returns how many were killed."""
     killed: set[int] = set()
     for _ in range(500):
-        pids = _children_of_self() | (cg.procs() if cg else set())
+        _reap()  # a descendant that exited as the main process did is a zombie here, not a leftover
+        pids = {p for p in _children_of_self() | (cg.procs() if cg else set()) if not _exited(p)}
         if main is not None:
             pids.discard(main)
         if not pids:
