@@ -166,7 +166,7 @@ def _kill_worker(h, pids: dict) -> None:
 
 
 ENDS = [  # (job options, what ends it, the job's status); the pool's own limit is far below the sandbox's
-    pytest.param({"timeout_s": 90.0, "num_cpus": 0.5}, None, JobStatus.TIMEOUT, id="pool-timeout",
+    pytest.param({"timeout_s": 40.0, "num_cpus": 0.5}, None, JobStatus.TIMEOUT, id="pool-timeout",
                  marks=pytest.mark.slow),
     pytest.param({"num_gpus": 1}, _cancel, JobStatus.CANCELLED, id="cancel-gpu-worker"),  # kills the actor
     pytest.param({"num_cpus": 0.5}, _kill_worker, JobStatus.FAILED, id="worker-sigkill"),
