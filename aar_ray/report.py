@@ -287,6 +287,27 @@ def unscored_table(c: Campaign) -> Table:
                   for u in c.unscored])
 
 
+def families_table(c: Campaign) -> Table:
+    """Per method family (the name's prefix, `aar_ray.agents.families`): how often it was tried, by whom,
+    its best validation PGR and whether that moved PGR past naive's (by more than naive's seed std)."""
+    from aar_ray.agents.families import family_of
+
+    naive = next((t.val for t in c.trials if t.baseline == "naive" and t.val), None)
+    groups: dict[str, list[Trial]] = {}
+    for t in c.trials:
+        if not t.baseline and t.val is not None:
+            groups.setdefault(family_of(t.method) or "other", []).append(t)
+    rows = []
+    for fam, ts in sorted(groups.items(), key=lambda kv: -max(t.val[0] for t in kv[1])):
+        best = max(ts, key=lambda t: t.val[0])
+        delta = None if naive is None else best.val[0] - naive[0]
+        moved = DASH if delta is None else ("yes" if delta > (naive[1] if math.isfinite(naive[1]) else 0.0) else "no")
+        rows.append([fam, str(len(ts)), ", ".join(sorted({t.researcher for t in ts})), fmt(best.val), best.method,
+                     DASH if delta is None else f"{delta:+.3f}", moved])
+    return Table(["family", "trials", "researchers", "best val PGR", "best method", "vs naive (val)", "moved PGR"],
+                 rows)
+
+
 def researchers_table(c: Campaign) -> Table:
     return Table(["researcher", "brain", "direction", "outcome"],
                  [[r.name, r.brain or DASH, r.direction or DASH, r.outcome or DASH] for r in c.researchers])
@@ -454,6 +475,8 @@ def _sections(c: Campaign) -> list[tuple[str, str, Table | None, str | None]]:
          f"No researcher trial was scored ({c.tags.get('aar.verdict') or 'see Not scored and Researchers below'}).",
          None, "pgr_over_time"),
         ("Generalization", gen_note, gen, "generalization"),
+        ("Method families", "Which families the researchers tried, and which moved validation PGR past naive's by "
+                            "more than naive's seed std.", families_table(c), None),
         *unscored,
         ("Spend", "", spend(c), None),
         ("Researchers", "", researchers_table(c), None),

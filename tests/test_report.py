@@ -352,3 +352,26 @@ def test_mlflow_ui_opens_on_the_trials_with_their_pgr(campaign, store, tmp_path)
     # the campaign run's page: its description names the report and the shared view
     assert "report/report.html" in page and "The trials with their PGR" in page
     assert "naive_test_pgr_mean" in page  # its own metrics are on the page
+
+
+def test_method_families_say_which_were_tried_and_which_moved_pgr():
+    def trial(method, researcher, val, baseline=None):
+        return report.Trial(run_id=method, method=method, researcher=researcher, trial_id=method, fidelity="full",
+                            flags=[], audit="not audited", val=val, test=val, wall_time_s=1.0, index=0, heldout={},
+                            baseline=baseline)
+
+    trials = [trial("naive", "baseline", (0.30, 0.05), baseline="naive"),
+              trial("select_1", "r0", (0.33, 0.02)), trial("select_4", "r1", (0.52, 0.03)),
+              trial("loss_2", "r1", (0.34, 0.01)), trial("myidea", "r0", (0.10, 0.01)),
+              trial("elicit_1", "r2", None)]  # not scored: not counted
+    c = report.Campaign("fam", None, "FINISHED", "quick.yaml", {}, {}, None, [], trials, 0, 0)
+    t = report.families_table(c)
+    rows = {r[0]: dict(zip(t.headers, r)) for r in t.rows}
+    assert list(rows) == ["select", "loss", "other"]  # by best validation PGR
+    assert rows["select"]["trials"] == "2" and rows["select"]["researchers"] == "r0, r1"
+    assert rows["select"]["best method"] == "select_4" and rows["select"]["vs naive (val)"] == "+0.220"
+    assert rows["select"]["moved PGR"] == "yes"
+    assert rows["loss"]["moved PGR"] == "no"  # +0.04: inside naive's seed std (0.05)
+    assert rows["other"]["best method"] == "myidea" and rows["other"]["moved PGR"] == "no"
+    md = report.render_markdown(c, {})
+    assert "## Method families" in md and "| select | 2 | r0, r1 |" in md
