@@ -410,4 +410,4 @@ def test_backfill_results_are_reused_by_key_and_a_researcher_submit_promotes_a_q
         JobSpec(fn=H.append_line_and_return, args=(runs, "k0"), owner="r1", num_gpus=1, key="heldout:k0"))]
     assert [h.result(timeout=0) for h in again] == [f"k{i}" for i in range(GPUS + 2)] + ["k0"]
     assert sorted(H.lines(runs)) == sorted(f"k{i}" for i in range(GPUS + 2))
-    assert [h.info().backfill for h in pieces] == [True] * 5 + [False] + [True] * 2  # a finished piece stays one
+    assert [h.info().backfill for h in pieces] == [i != 5 for i in range(GPUS + 2)]  # a finished piece stays one

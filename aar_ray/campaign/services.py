@@ -240,7 +240,8 @@ class TrialService:
         from aar_ray.scoring import QueryBudgetExceeded, ScoringError
 
         if self.released.get(trial_id):  # cancelled by a replay, as recorded
-            out = TrialOutcome.failure(TrialStatus.CANCELLED, "cancelled after the grace period, as recorded")
+            out = TrialOutcome.failure(TrialStatus.CANCELLED, "cancelled by the replay: as recorded (after the grace "
+                                                              "period), or past where the replay stopped")
         else:
             try:
                 out = handle.result()
@@ -301,6 +302,9 @@ class TrialService:
 
     def cancel_all(self) -> int:
         with self.lock:
+            if self.hold:  # a replay stopped: what it never released ends cancelled, however far its job got
+                for trial_id in self.active:
+                    self.released.setdefault(trial_id, True)
             self.hold = False  # nothing waits for a release any more
             items = list(self.active.items())
         n = sum(bool(h.cancel()) for _, (h, _) in items)
