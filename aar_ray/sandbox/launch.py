@@ -301,6 +301,9 @@ def _child(spec: dict, cg: Cgroups | None, err_w: int, keeper: int) -> None:
 
 # ---- the parent: wait, kill leftovers, report ----
 
+LEFTOVER_GRACE_S = 1.0  # how long a descendant may take to finish exiting after the trial's process exited
+
+
 def _children_of_self() -> set[int]:
     pids: set[int] = set()
     me = os.getpid()
@@ -335,12 +338,24 @@ def _exited(pid: int) -> bool:
         return True
 
 
+def _live(cg: Cgroups | None) -> set[int]:
+    _reap()  # a descendant that exited as the main process did is a zombie here, not a leftover
+    return {p for p in _children_of_self() | (cg.procs() if cg else set()) if not _exited(p)}
+
+
+def _settle(cg: Cgroups | None, grace_s: float) -> None:
+    """Give descendants that are already on their way out (a sandbox's namespace init exits just after
+    the process it ran) `grace_s` to finish exiting, so that only a process that stays is a leftover."""
+    end = time.monotonic() + grace_s
+    while _live(cg) and time.monotonic() < end:
+        time.sleep(0.02)
+
+
 def _kill_tree(cg: Cgroups | None, main: int | None) -> int:
     """SIGKILL every remaining live descendant until none is left; returns how many were killed."""
     killed: set[int] = set()
     for _ in range(500):
-        _reap()  # a descendant that exited as the main process did is a zombie here, not a leftover
-        pids = {p for p in _children_of_self() | (cg.procs() if cg else set()) if not _exited(p)}
+        pids = _live(cg)
         if main is not None:
             pids.discard(main)
         if not pids:
@@ -424,6 +439,8 @@ def launch(spec: dict) -> dict:
     if msg:
         report["error"] = "sandbox setup failed: " + msg.decode(errors="replace")
     status = _wait(pid, t0 + float(spec["timeout_s"]), report)
+    if not (report["timed_out"] or report.get("ended_by_harness")):
+        _settle(cg, LEFTOVER_GRACE_S)
     report["leftovers_killed"] = _kill_tree(cg, None)
     if os.WIFSIGNALED(status):
         report["signal"] = os.WTERMSIG(status)
