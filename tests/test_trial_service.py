@@ -65,6 +65,8 @@ def test_a_private_job_splits_into_one_seed_pieces_keyed_by_content_and_merges_b
     pieces = split("heldout:math", src, request)
     assert [p.seed_numbers for _, p in pieces] == [[0], [1], [2]] and pieces[0][1].student == request.student
     assert [k for k, _ in pieces] == [piece_key("heldout:math", src, s) for s in (0, 1, 2)]
+    (whole,) = split("heldout:math", src, request, pieces=False)  # a campaign without backfill: one child
+    assert whole[0] == piece_key("heldout:math", src, "0+1+2") and whole[1].seed_numbers == [0, 1, 2]
     # the key follows what changes the result: the job, the method's source, the seed
     assert len({piece_key("heldout:math", src, 0), piece_key("heldout:code", src, 0),
                 piece_key("heldout:math", src + "#", 0), piece_key("heldout:math", src, 1)}) == 4

@@ -24,7 +24,7 @@ from aar_ray.sandbox.contract import TrialOutcome, TrialRequest
 _HIGHEST = ("peak_gpu_mb", "samples_per_s")  # timings that are peaks or rates; the rest are durations and counts
 
 
-def piece_key(kind: str, source: str, seed: int) -> str:
+def piece_key(kind: str, source: str, seed: int | str) -> str:
     """The ledger key of one seed of a private job. What changes its result: the method's source, the job
     (held-out task or audit) and the seed; the tasks and the harness's settings are the campaign's own."""
     from aar_ray.w2s.methods import source_hash
@@ -32,8 +32,11 @@ def piece_key(kind: str, source: str, seed: int) -> str:
     return f"{kind}:{source_hash(source)}:s{seed}"
 
 
-def split(kind: str, source: str, request: TrialRequest) -> list[tuple[str, TrialRequest]]:
-    """(key, one-seed request) for each seed of `request`, in its order."""
+def split(kind: str, source: str, request: TrialRequest, pieces: bool = True) -> list[tuple[str, TrialRequest]]:
+    """(key, one-seed request) for each seed of `request`, in its order; with `pieces` off, the whole job
+    as one (one child for every seed: what a campaign without backfill runs)."""
+    if not pieces:
+        return [(piece_key(kind, source, "+".join(str(s.seed) for s in request.seeds)), request)]
     return [(piece_key(kind, source, s.seed), request.replace(seeds=(s,))) for s in request.seeds]
 
 

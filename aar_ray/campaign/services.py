@@ -146,6 +146,7 @@ class TrialService:
         threading.Thread(target=self._collect, daemon=True).start()
         self.backfill = BackfillProducer(scorer, scoring, lambda *job: self.private_pieces(*job, backfill=True),
                                          backfill.interval_s)
+        self.pieces = backfill.enabled  # without backfill, a private job is one job: no child per seed
         if backfill.enabled:
             self.backfill.start()
 
@@ -170,11 +171,12 @@ class TrialService:
             self.active[trial_id] = (handle, _Submitted(owner, source, fidelity, name))
 
     def private_pieces(self, kind: str, source: str, request: TrialRequest, backfill: bool) -> list:
-        """A driver-only job (held-out task, audit) as one pool job per seed, keyed by content; handles."""
+        """A driver-only job (held-out task, audit) as one pool job per seed (as one job when backfill is
+        off), keyed by content; handles."""
         from aar_ray.campaign.backfill import split
 
         return [self.pool.submit(self._spec(key, DRIVER, source, piece, backfill))
-                for key, piece in split(kind, source, request)]
+                for key, piece in split(kind, source, request, self.pieces)]
 
     def run_private(self, kind: str, source: str, request: TrialRequest) -> TrialOutcome:
         """A driver-only job of `kind` ('heldout:math', 'audit:shuffled', ...); blocks until every seed's
