@@ -146,6 +146,16 @@ class Scorer:
                 self._base[(task, seed)] = engine.baseline(self._experiment(task), seed)
             return self._base[(task, seed)]
 
+    def prepare(self, tasks: list[str]) -> list[str]:
+        """Build the held-out tasks and their baselines ahead of the final stage. The driver calls it
+        without waiting when the research starts, so the build (minutes on a cold cache) overlaps the
+        researchers' work instead of following it. Each is built once; a request that needs one meanwhile
+        waits for it. Returns the tasks built."""
+        for task in tasks:
+            for s in self.cfg.seeds:
+                self._baseline(task, s)
+        return list(tasks)
+
     @property
     def seeds(self) -> list[int]:
         return list(self.cfg.seeds)

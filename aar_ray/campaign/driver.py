@@ -237,6 +237,7 @@ def score_baselines(run: Run, svc: Services) -> None:
 
     print("[aar] baselines: pretraining (first time only) and weak/ceiling per seed...", flush=True)
     ray.get(svc.scorer.baselines.remote())
+    svc.scorer.prepare.remote(list(run.cfg.scoring.heldout_tasks))  # not awaited: built while researchers work
     world = ray.get(svc.scorer.world.remote())  # recorded for people (to reproduce the run); agents never read it
     run.tracker.set_tags(run.campaign_run, {"aar.world_seed": str(world["seed"]),
                                             "aar.world": "public" if world["public"] else "secret"})
