@@ -137,6 +137,8 @@ def test_heldout_stage_records_math_and_code_on_the_trial_run(env):
     from mlflow.tracking import MlflowClient
 
     scorer, _ = make_scorer(env, overrides=MATH_WORLD)  # a world whose math task has a gap
+    assert scorer.prepare(["math", "code"]) == ["math", "code"]  # what the driver starts as the research begins
+    assert {(t, s) for t in ("math", "code") for s in scorer.seeds} <= set(scorer._base)
     src = resolve("naive").read_text()
     scorer.score("alice", "t1", "naive", src, "full", run_request(src, scorer.request("full")))
     for task in ("math", "code"):
