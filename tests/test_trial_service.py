@@ -18,7 +18,8 @@ from w2s_helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [f"w2s.{o}" for o in TINY if not o.startswith(("seeds", "torch_threads"))] + [
-    "scoring.seeds=[0]", "trial.seed_timeout_s=240", "trial.timeout_s=600", "baselines=[naive]", "backfill.interval_s=1"]
+    "scoring.seeds=[0]", "trial.seed_timeout_s=240", "trial.timeout_s=600", "baselines=[naive]",
+    "backfill.enabled=true", "backfill.interval_s=1"]  # (quick.yaml turns backfill off)
 BROKEN = "def run(ctx):\n    raise ValueError('the method is broken')\n"
 
 
