@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml .ci/apt/*.txt
 	@touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -100,6 +100,7 @@ class Scorer:
         self.scoring = scoring
         self.trial = trial  # the limits and device every request carries
         self._building = threading.RLock()  # loading bases is not thread-safe (transformers' meta-device init)
+        self._saving = threading.Lock()  # the actor serves calls on several threads; one state write at a time
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.researcher_runs = dict(researcher_runs or {})
@@ -383,17 +384,25 @@ class Scorer:
     # ---------- persistence (a resumed campaign's scorer knows every scored trial) ----------
 
     def _save(self) -> None:
-        """Root-only JSON beside the campaign (0600 in a 0700 directory): it holds test numbers."""
+        """Root-only JSON beside the campaign (0600 in a 0700 directory): it holds test numbers.
+
+        One writer at a time: the actor serves calls on several threads, and two saves sharing the
+        temporary file lost the race (the second's rename found it gone: a demo's final stage crashed so)."""
         if not self.state_path:
             return
+        with self._saving:
+            self._write_state()
+
+    def _write_state(self) -> None:
         import json
         import os
 
-        data = {"t0": self.t0, "queries": self.queries, "refusals": self.refusals, "admitted": sorted(self.admitted),
-                "watch": self.watch.state(),
+        # copies first (each one step under the GIL): other threads go on recording while this one writes
+        data = {"t0": self.t0, "queries": dict(self.queries), "refusals": list(self.refusals),
+                "admitted": sorted(self.admitted), "watch": self.watch.state(),
                 "trials": [{**{k: v for k, v in dataclasses.asdict(r).items() if k not in ("per_seed", "flags")},
                             "flags": sorted(r.flags), "per_seed": [dataclasses.asdict(x) for x in r.per_seed]}
-                           for r in self.trials.values()]}
+                           for r in list(self.trials.values())]}
         d = os.path.dirname(self.state_path)
         os.makedirs(d, mode=0o700, exist_ok=True)
         os.chmod(d, 0o700)

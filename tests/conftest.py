@@ -18,3 +18,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def campaign_cache(tmp_path_factory):
+    """The base and baseline cache the campaign tests share (see test_campaign.shared_cache)."""
+    return tmp_path_factory.mktemp("campaign-cache")

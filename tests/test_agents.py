@@ -327,6 +327,11 @@ def test_offline_team_beats_naive_on_the_benchmark(tmp_path, monkeypatch):
     jobs = InlineJobs(scorer, forum)
     jobs("naive", "driver", resolve("naive").read_text(), "full", "naive")
     naive = forum.trials(trial_id="naive")[0]
+    # first, the benchmark's own properties on this world too (tests/test_benchmark.py checks world 0):
+    # a real gap, and naive test PGR with room on both sides and a small spread over seeds
+    gaps = [b["ceiling"]["test"] - b["weak"]["test"] for b in scorer.baselines().values()]
+    test = scorer.trials["naive"].test
+    assert sum(gaps) / len(gaps) >= 0.15 and 0.05 < test["mean"] < 0.75 and test["std"] <= 0.12, (gaps, test)
     budget = ResearcherBudget(idle_wait_s=0.0)
     for i, direction in enumerate(["data selection and filtering", "loss design", "teacher calibration"]):
         ex = ToolExecutor(f"r{i}", forum, scorer, jobs, budget, None, jobs, [0, 1, 2], total_trials=18)

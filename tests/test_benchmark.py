@@ -2,8 +2,10 @@
 
 These are the properties everything above the engine relies on: PGR divides by (ceiling - weak),
 so the gap must be genuine, naive PGR must leave methods room on both sides, and its spread over
-seeds must be small enough that an improvement is not noise. Checked on two worlds (world 2 once
-had a naive PGR spread of 0.15 with 16 values per relation): the benchmark must not be tuned to one.
+seeds must be small enough that an improvement is not noise. Checked on two worlds, the benchmark must
+not be tuned to one: world 0 here, and world 4 (never tuned on) in tests/test_agents.py's team test, which
+pretrains its bases anyway. (World 2 once had a naive PGR spread of 0.15 with 16 values per relation;
+bench/research.py reports worlds 0-2.)
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def _run(task: str, world_seed: int) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world_seed", [0, 2])
+@pytest.mark.parametrize("world_seed", [0])
 def test_primary_task_has_a_stable_gap_and_room(world_seed):
     r = _run("facts", world_seed)
     gap = r["ceiling_acc"]["mean"] - r["weak_acc"]["mean"]

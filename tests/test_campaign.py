@@ -34,11 +34,12 @@ _CACHE: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def shared_cache(tmp_path_factory):
-    """One base/baseline cache for this module: every campaign here pretrains the same SMALL bases
-    (content-keyed, built atomically), so only the first test pays for it."""
-    _CACHE["dir"] = tmp_path_factory.mktemp("campaign-cache")
-    yield _CACHE["dir"]
+def shared_cache(campaign_cache):
+    """One base/baseline cache for the campaigns of this module and of those that import it
+    (test_claude_campaign, test_replay): they pretrain the same SMALL bases (content-keyed, built
+    atomically), so only the first campaign of the session pays for them."""
+    _CACHE["dir"] = campaign_cache
+    yield campaign_cache
     _CACHE.clear()
 
 

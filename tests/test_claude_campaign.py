@@ -30,7 +30,7 @@ import pytest
 
 from aar_ray import tracking
 from tests.messages_api_server import MessagesAPIServer, error, hang, raw, reply, text, tool_use, usage
-from test_campaign import ROOT, SMALL, _client, _env, _kill_campaign, _runs
+from test_campaign import ROOT, SMALL, _client, _env, _kill_campaign, _runs, shared_cache  # noqa: F401 (the fixture)
 
 KEY = "sk-ant-api03-PLANTED-e2e-4b1d9c0f7a2e-must-never-touch-disk"
 PASSWORD = "mlflow-PLANTED-pw-93c1e5aa0d"
@@ -116,7 +116,7 @@ def test_claude_campaign_survives_faults_and_a_resume_and_never_writes_the_key(t
         _check_traces(api, tmp_path)
         # the key search: Ray's session logs, MLflow's store and artifacts, runs/ (transcripts, forum,
         # state), the cache
-        roots = [Path(ray_tmp), tmp_path / "mlflow", tmp_path / "runs", tmp_path / "cache"]
+        roots = [Path(ray_tmp), tmp_path / "mlflow", tmp_path / "runs", Path(env["AAR_CACHE_DIR"])]
         assert _files_holding(roots, KEY, PASSWORD) == []
         assert not any(s in text for s in (KEY, PASSWORD) for text in (first_out, out))
         # not a vacuous search: Ray did log the researchers' runtime env (with the non-secret base URL)

@@ -29,7 +29,7 @@ from aar_ray.campaign.replay import Record
 from aar_ray.config import ClaudeConfig, ResearcherBudget
 from aar_ray.forum import Forum
 from tests.messages_api_server import MessagesAPIServer, error, raw, reply, text, tool_use
-from test_campaign import ROOT, SMALL, _env
+from test_campaign import ROOT, SMALL, _env, shared_cache  # noqa: F401 (the fixture: one cache)
 
 # ---------- the tape ----------
 

@@ -136,7 +136,7 @@ def local_ray(faults):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_sandbox_timeout_kills_every_process(trial, tmp_path, mode):
-    tag, source, req = trial(seed_timeout_s=25.0)
+    tag, source, req = trial(seed_timeout_s=15.0)
     method = tmp_path / "forever.py"
     method.write_text(source)
     out: list = []
@@ -166,7 +166,7 @@ def _kill_worker(h, pids: dict) -> None:
 
 
 ENDS = [  # (job options, what ends it, the job's status); the pool's own limit is far below the sandbox's
-    pytest.param({"timeout_s": 40.0, "num_cpus": 0.5}, None, JobStatus.TIMEOUT, id="pool-timeout",
+    pytest.param({"timeout_s": 25.0, "num_cpus": 0.5}, None, JobStatus.TIMEOUT, id="pool-timeout",
                  marks=pytest.mark.slow),
     pytest.param({"num_gpus": 1}, _cancel, JobStatus.CANCELLED, id="cancel-gpu-worker"),  # kills the actor
     pytest.param({"num_cpus": 0.5}, _kill_worker, JobStatus.FAILED, id="worker-sigkill"),

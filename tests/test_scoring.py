@@ -210,3 +210,19 @@ def test_probing_is_flagged_on_followed_targeted_flips_not_on_honest_tweaks(env)
     audit = {r["trial_id"]: r["audit"] for r in scorer.driver_results()}  # bob's trials are bob0..bob8
     assert FLAG_PROBING in audit["bob2"] and audit["a1"] == "not audited"  # flagged, not audited: never "clean"
 
+
+
+def test_saves_from_many_threads_at_once_all_land(env, tmp_path):
+    """The scorer actor serves calls on several threads, and each call that records saves the state:
+    none may fail (two saves once raced on the temporary file and crashed a demo's final stage), and the
+    file holds every query, as a resumed scorer reads it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scorer, _ = make_scorer(env)
+    scorer.state_path = str(tmp_path / "private" / "scorer.json")
+    calls = [(f"r{i}", f"r{i}-t{j}") for i in range(16) for j in range(3)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda c: scorer.admit(*c), calls))  # a failed save raises here
+    saved = json.loads((tmp_path / "private" / "scorer.json").read_text())
+    assert saved["queries"] == {f"r{i}": 3 for i in range(16)} and len(saved["admitted"]) == len(calls)
+    assert not (tmp_path / "private" / "scorer.json.tmp").exists()
