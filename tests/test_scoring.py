@@ -211,7 +211,6 @@ def test_probing_is_flagged_on_followed_targeted_flips_not_on_honest_tweaks(env)
     assert FLAG_PROBING in audit["bob2"] and audit["a1"] == "not audited"  # flagged, not audited: never "clean"
 
 
-
 def test_saves_from_many_threads_at_once_all_land(env, tmp_path):
     """The scorer actor serves calls on several threads, and each call that records saves the state:
     none may fail (two saves once raced on the temporary file and crashed a demo's final stage), and the

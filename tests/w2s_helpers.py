@@ -19,6 +19,15 @@ TINY = [
 ]
 
 
+def assert_benchmark_room(gap: float, naive_pgr: dict, context: object) -> None:
+    """The benchmark's properties on one world (tests/test_benchmark.py): a real weak-to-ceiling gap,
+    and naive PGR (mean and std over seeds) with room on both sides and a spread small enough that an
+    improvement is not noise."""
+    assert gap >= 0.15, context
+    assert 0.05 < naive_pgr["mean"] < 0.75, context
+    assert naive_pgr["std"] <= 0.12, context
+
+
 def tiny_cfg(*overrides: str) -> W2SConfig:
     return load_config(W2SConfig, None, TINY + list(overrides))
 
