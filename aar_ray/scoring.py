@@ -151,10 +151,22 @@ class Scorer:
         """Build the held-out tasks and their baselines ahead of the final stage. The driver calls it
         without waiting when the research starts, so the build (minutes on a cold cache) overlaps the
         researchers' work instead of following it. Each is built once; a request that needs one meanwhile
-        waits for it. Returns the tasks built."""
+        waits for it. Returns the tasks built.
+
+        Nobody waits on this call, so a build that fails says so here, when it fails (naming the task and
+        the error, on the scorer's stderr, which Ray forwards to the campaign's output), and then raises;
+        the final stage's own request for that task raises again."""
+        import sys
+        import traceback
+
         for task in tasks:
-            for s in self.cfg.seeds:
-                self._baseline(task, s)
+            try:
+                for s in self.cfg.seeds:
+                    self._baseline(task, s)
+            except Exception as e:
+                print(f"[aar] held-out task {task!r} failed to build: {type(e).__name__}: {e}\n"
+                      f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+                raise
         return list(tasks)
 
     @property

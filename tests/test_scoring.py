@@ -154,6 +154,26 @@ def test_heldout_stage_records_math_and_code_on_the_trial_run(env):
     assert "heldout" not in json.dumps(scorer._val_view(scorer.trials["t1"]))
 
 
+def test_a_heldout_build_that_fails_says_so_when_it_fails(env, capsys):
+    """Nobody waits on `prepare` (the driver starts it and goes on), so a failed build must name its task
+    and error then, not only when the final stage asks for the task; the tasks before it stay built."""
+
+    class FullDisk(Scorer):
+        def _experiment_locked(self, task, engine):
+            if task == "code":
+                raise OSError(28, "No space left on device")
+            return super()._experiment_locked(task, engine)
+
+    scorer, _ = make_scorer(env, overrides=MATH_WORLD)
+    scorer.__class__ = FullDisk
+    with pytest.raises(OSError, match="No space left"):
+        scorer.prepare(["math", "code"])
+    err = capsys.readouterr().err
+    assert "held-out task 'code' failed to build: OSError" in err and "No space left on device" in err
+    assert {("math", s) for s in scorer.seeds} <= set(scorer._base)  # built before the failure: kept
+    assert not any(t == "code" for t, _ in scorer._base)
+
+
 def test_shuffled_teacher_audit_flags_the_cheat_not_the_honest(env):
     scorer, _ = make_scorer(env, task="math")
     honest = resolve("naive").read_text()
