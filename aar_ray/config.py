@@ -688,6 +688,19 @@ def load_written(schema: type[T], path: str | os.PathLike, overrides: list[str] 
         layer = OmegaConf.load(Path(path))
     except Exception as e:  # missing file, yaml syntax errors
         raise ConfigError(f"{path}: cannot read it as YAML: {e}") from None
+    return _written(schema, layer, overrides)
+
+
+def loads_written(schema: type[T], text: str) -> T:
+    """`load_written` of the text `to_yaml` wrote (a config handed to a child process on its stdin)."""
+    try:
+        layer = OmegaConf.create(text)
+    except Exception as e:  # yaml syntax errors
+        raise ConfigError(f"cannot read the config as YAML: {e}") from None
+    return _written(schema, layer, None)
+
+
+def _written(schema: type[T], layer, overrides: list[str] | None) -> T:
     for key in getattr(schema, "UNUSED", {}):
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(layer, parent, default=None) if parent else layer

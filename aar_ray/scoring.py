@@ -133,9 +133,12 @@ class Scorer:
         if task not in self._exp:
             if task not in self.scoring.heldout_tasks:
                 raise ScoringError(f"unknown task {task!r}")
-            real_task = HELDOUT_DATA[self.scoring.heldout_data][task]
-            self._exp[task] = engine.prepare(dataclasses.replace(self.cfg, task=real_task))
+            self._exp[task] = engine.prepare(self._task_cfg(task))
         return self._exp[task]
+
+    def _task_cfg(self, task: str) -> W2SConfig:
+        """The experiment config of a held-out task: the primary's world and bases, the registry task behind it."""
+        return dataclasses.replace(self.cfg, task=HELDOUT_DATA[self.scoring.heldout_data][task])
 
     def _baseline(self, task: str, seed: int):
         from aar_ray.w2s import engine
@@ -159,6 +162,13 @@ class Scorer:
         import sys
         import traceback
 
+        from aar_ray.w2s.prebuild import prebuild
+
+        try:  # their tiny bases first, side by side (w2s/prebuild.py: sooner than one after another)
+            prebuild([self._task_cfg(t) for t in tasks if t in self.scoring.heldout_tasks and t not in self._exp])
+        except Exception as e:  # only a speed-up: the build below makes what is missing, or says why it cannot
+            print(f"[aar] pretraining the held-out bases side by side failed ({type(e).__name__}: {e}); "
+                  "building them in this process", file=sys.stderr, flush=True)
         for task in tasks:
             try:
                 for s in self.cfg.seeds:

@@ -312,6 +312,7 @@ def test_restarted_researcher_continues_without_resubmitting(world):
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_bases("facts@4")
 def test_offline_team_beats_naive_on_the_benchmark(tmp_path, monkeypatch):
     """Three offline researchers with a modest budget (6 scored trials each) beat naive's validation PGR by
     more than its seed std."""

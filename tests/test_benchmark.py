@@ -27,12 +27,14 @@ def _run(task: str, world_seed: int) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_bases("facts@0")
 def test_primary_task_has_a_stable_gap_and_room():
     r = _run("facts", 0)
     assert_benchmark_room(r["ceiling_acc"]["mean"] - r["weak_acc"]["mean"], r["methods"]["naive"]["pgr"], r)
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_bases("math@0", "code@0")
 @pytest.mark.parametrize("task", ["math", "code"])
 def test_heldout_tasks_have_a_gap(task):
     r = _run(task, 0)

@@ -26,6 +26,7 @@ def _headroom():
 
 
 @pytest.mark.slow
+@pytest.mark.benchmark_bases("facts@0")
 def test_reference_method_recovers_the_gap_that_naive_leaves():
     headroom = _headroom()
     exp = headroom.experiment(0)

@@ -238,6 +238,48 @@ def test_cache_hit_skips_pretraining_and_baselines(cache_dir, monkeypatch):
         engine.train(tiny_cfg("seeds=[0]", "methods=[naive]", "weak.pretrain_steps=41"), progress=False)
 
 
+def test_bases_pretrained_side_by_side_are_the_ones_built_in_process(cache_dir, tmp_path, monkeypatch):
+    """prebuild: every missing tiny base of several experiments, once each, in child processes; the cache
+    then holds exactly what load_base would have built in process (same thread count: same bits)."""
+    from aar_ray.w2s import prebuild
+
+    cfgs = [tiny_cfg("task=facts"), tiny_cfg("task=math"), tiny_cfg("task=math", "seeds=[5]")]  # seeds: same bases
+    jobs = prebuild.missing(cfgs)
+    assert sorted((j.cfg.task, j.role) for j in jobs) == [("facts", "strong"), ("facts", "weak"),
+                                                          ("math", "strong"), ("math", "weak")]
+    assert "world 0" in jobs[0].label
+    lines = []
+    built = prebuild.prebuild(cfgs, workers=2, log=lambda *a, **k: lines.append(a[0]))
+    assert sorted(built) == sorted(j.key for j in jobs) and prebuild.missing(cfgs) == []
+    assert lines[0].startswith("[aar] pretraining 4 base(s) in 2 process(es)") and len(lines) == 5
+    assert prebuild.prebuild(cfgs) == []  # nothing left to do
+
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("AAR_CACHE_DIR", str(tmp_path / "in-process"))
+    torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0)) // 2))  # the children's
+    try:
+        for cfg in cfgs[:2]:
+            inproc = engine.prepare(cfg, progress=False)
+            monkeypatch.setenv("AAR_CACHE_DIR", str(cache_dir))
+            side = engine.prepare(cfg, progress=False)
+            monkeypatch.setenv("AAR_CACHE_DIR", str(tmp_path / "in-process"))
+            for a, b in ((inproc.weak, side.weak), (inproc.strong, side.strong)):
+                assert a.key == b.key and str(cache_dir) in b.path
+                sa, sb = a.model.state_dict(), b.model.state_dict()
+                assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_base_that_fails_to_pretrain_side_by_side_is_named(tmp_path, monkeypatch):
+    (tmp_path / "not-a-dir").write_text("")
+    monkeypatch.setenv("AAR_CACHE_DIR", str(tmp_path / "not-a-dir"))  # the children cannot write the cache
+    from aar_ray.w2s import prebuild
+
+    with pytest.raises(RuntimeError, match=r"pretraining failed for (weak|strong) base of task 'facts' on world 0: exit 1"):
+        prebuild.prebuild([tiny_cfg("task=facts")], log=lambda *a, **k: None)
+
+
 def test_method_file_by_path_and_bad_predictions(cache_dir, tmp_path):
     good = tmp_path / "flip.py"
     good.write_text("import torch\n\ndef run(ctx):\n    return torch.full((len(ctx.eval_ids),), 0.25)\n")

@@ -45,7 +45,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _ended = False  # set by SIGTERM in the keeper: the harness is gone, so the trial ends now
 
 
-def _die_with(parent: int, sig: int) -> bool:
+def die_with(parent: int, sig: int) -> bool:
     """Have the kernel send `sig` when `parent` exits; False if it has exited already."""
     _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     return os.getppid() == parent
@@ -282,7 +282,7 @@ def _child(spec: dict, cg: Cgroups | None, err_w: int, keeper: int) -> None:
             os.setresuid(uid, uid, uid)
             if os.getuid() != uid or os.geteuid() != uid:
                 raise OSError(f"privilege drop to uid {uid} did not take")
-        if not _die_with(keeper, signal.SIGKILL):  # after the uid drop, which clears it
+        if not die_with(keeper, signal.SIGKILL):  # after the uid drop, which clears it
             raise OSError("the sandbox launcher exited before the trial started")
         for p in spec.get("check_readable", []):
             if not os.access(p, os.R_OK):
@@ -457,7 +457,7 @@ def launch(spec: dict) -> dict:
 def _keep(spec: dict, anchor: int) -> int:
     """The keeper: run the trial, print the report (to the harness, if it is still there)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
-    if not _die_with(anchor, signal.SIGTERM):
+    if not die_with(anchor, signal.SIGTERM):
         _on_sigterm()
     try:
         report = launch(spec)
@@ -474,7 +474,7 @@ def _keep(spec: dict, anchor: int) -> int:
 def main() -> int:
     spec = json.loads(sys.stdin.read())
     harness = spec.get("harness_pid")
-    if harness is not None and not _die_with(int(harness), signal.SIGKILL):
+    if harness is not None and not die_with(int(harness), signal.SIGKILL):
         return 1  # the harness is gone already: start nothing
     anchor = os.getpid()
     keeper = os.fork()

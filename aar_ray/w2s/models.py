@@ -56,6 +56,16 @@ def _dtype(cfg: ModelConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
 
 
+def base_key(cfg: ModelConfig, task, role: str) -> str:
+    """The cache key of a tiny base: what its pretraining reads (the task's corpus, its role, its config)."""
+    return cache.content_key("base", PRETRAIN_VERSION, task.fingerprint, role, asdict(cfg))
+
+
+def is_built(key: str) -> bool:
+    """Whether the tiny base with this key is pretrained and cached."""
+    return (cache.path_for("bases", key) / "config.json").is_file()
+
+
 def load_base(cfg: ModelConfig, device: torch.device, task=None, role: str = "strong", progress: bool = True) -> Base:
     """The base for `role` ('weak' | 'strong'): pretrained-and-cached if tiny, loaded if HF."""
     from transformers import AutoModelForCausalLM
@@ -66,9 +76,9 @@ def load_base(cfg: ModelConfig, device: torch.device, task=None, role: str = "st
         return Base(model, load_tokenizer(cfg), f"hf:{cfg.name_or_path}:{cfg.dtype}", cfg.name_or_path)
     if task is None or role not in task.corpus:
         raise ValueError(f"a tiny {role} base needs a built-in world task with a pretraining corpus")
-    key = cache.content_key("base", PRETRAIN_VERSION, task.fingerprint, role, asdict(cfg))
+    key = base_key(cfg, task, role)
     path = cache.path_for("bases", key)
-    if not (path / "config.json").is_file():
+    if not is_built(key):
         with cache.building(path) as tmp:
             model = pretrain(cfg, task.corpus[role], len(task.tokenizer), device, desc=f"pretrain {role} base ({task.name})",
                              progress=progress)
