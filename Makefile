@@ -15,11 +15,11 @@ export PYTHONUNBUFFERED := 1
 setup: $(STAMP)
 
 # torch first, pinned: the CPU wheel on local disk. A bare `torch` requirement would pull a CUDA build.
-$(STAMP): pyproject.toml .ci/apt/*.txt
+# (.ci/install-python.sh: with uv when it works, else pip)
+$(STAMP): pyproject.toml .ci/apt/*.txt .ci/install-python.sh
 	@bash .ci/install-apt.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	bash .ci/install-python.sh $(BIN)
 	@touch $(STAMP)
 
 test: setup
