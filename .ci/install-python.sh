@@ -15,7 +15,8 @@ pip_setting() {  # a pip setting as pip sees it (env or config files), or nothin
 
 with_uv() {
   "$BIN/pip" install "${pip_q[@]}" uv || return 1
-  local args=(--python "$BIN/python" --quiet) idx
+  # pip picks the best match across all its indexes; uv, unless told, only from the first that has a package
+  local args=(--python "$BIN/python" --quiet --index-strategy unsafe-best-match) idx
   idx=$(pip_setting index-url); [ -z "$idx" ] || args+=(--index-url "$idx")
   for u in $(pip_setting extra-index-url); do
     [ "${u#file://}" = "$u" ] || [ -d "${u#file://}" ] || continue  # a local index that is not here
