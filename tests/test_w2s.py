@@ -248,11 +248,12 @@ def test_bases_pretrained_side_by_side_are_the_ones_built_in_process(cache_dir, 
     assert sorted((j.cfg.task, j.role) for j in jobs) == [("facts", "strong"), ("facts", "weak"),
                                                           ("math", "strong"), ("math", "weak")]
     assert "world 0" in jobs[0].label
+    assert all(j.est_s < prebuild.MIN_CHILD_S for j in jobs) and prebuild.prebuild(cfgs) == []  # small: in process
     lines = []
-    built = prebuild.prebuild(cfgs, workers=2, log=lambda *a, **k: lines.append(a[0]))
+    built = prebuild.prebuild(cfgs, workers=2, log=lambda *a, **k: lines.append(a[0]), min_s=0)
     assert sorted(built) == sorted(j.key for j in jobs) and prebuild.missing(cfgs) == []
     assert lines[0].startswith("[aar] pretraining 4 base(s) in 2 process(es)") and len(lines) == 5
-    assert prebuild.prebuild(cfgs) == []  # nothing left to do
+    assert prebuild.prebuild(cfgs, min_s=0) == []  # nothing left to do
 
     threads = torch.get_num_threads()
     monkeypatch.setenv("AAR_CACHE_DIR", str(tmp_path / "in-process"))
@@ -277,7 +278,7 @@ def test_a_base_that_fails_to_pretrain_side_by_side_is_named(tmp_path, monkeypat
     from aar_ray.w2s import prebuild
 
     with pytest.raises(RuntimeError, match=r"pretraining failed for (weak|strong) base of task 'facts' on world 0: exit 1"):
-        prebuild.prebuild([tiny_cfg("task=facts")], log=lambda *a, **k: None)
+        prebuild.prebuild([tiny_cfg("task=facts")], log=lambda *a, **k: None, min_s=0)
 
 
 def test_method_file_by_path_and_bad_predictions(cache_dir, tmp_path):

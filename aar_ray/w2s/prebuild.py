@@ -8,7 +8,10 @@ sooner as one process per core than one after another. Each child builds one bas
 content-keyed cache (atomically, `cache.building`), exactly as `models.load_base` would in process;
 everything else then reads it from the cache.
 
-Only CPU builds go through here; on a GPU the bases are built in process as before.
+A child costs ~5 s of CPU before it trains (importing torch and transformers), so only bases whose
+pretraining is estimated at MIN_CHILD_S or more go to children, and only when there are two or more
+of them: small bases (a test's, a small campaign's) are built in process as before. Only CPU builds
+go through here; on a GPU the bases are built in process.
 """
 from __future__ import annotations
 
@@ -23,6 +26,12 @@ from pathlib import Path
 from aar_ray.config import W2SConfig, loads_written, to_yaml
 
 ROLES = ("weak", "strong")
+# A pretraining step's estimated seconds on 2 cores: a fixed part (many small ops) plus a part per unit of
+# batch x sequence x layers x d_model^2. Fitted to the full-size bases measured here (strong facts 800
+# steps 61 s, strong math 87 s; weak facts 600 steps ~7 s); good to a factor of ~1.5, which is all the
+# choice below needs.
+STEP_S, UNIT_S = 8e-3, 1.2e-9
+MIN_CHILD_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +41,7 @@ class Job:
     cfg: W2SConfig  # its world's seed resolved (the secret one too: it travels on the child's stdin only)
     role: str
     key: str
-    cost: float
+    est_s: float  # estimated pretraining time in process (STEP_S, UNIT_S)
     public: bool
 
     @property
@@ -61,17 +70,18 @@ def missing(cfgs: list[W2SConfig]) -> list[Job]:
             key = models.base_key(m, task, role)
             if key not in jobs and not models.is_built(key):
                 seq = task.corpus[role].shape[1]
-                cost = float(m.pretrain_steps * m.pretrain_batch * seq * m.n_layer * m.d_model ** 2)
-                jobs[key] = Job(cfg, role, key, cost, public)
-    return sorted(jobs.values(), key=lambda j: -j.cost)
+                est_s = m.pretrain_steps * (STEP_S + UNIT_S * m.pretrain_batch * seq * m.n_layer * m.d_model ** 2)
+                jobs[key] = Job(cfg, role, key, est_s, public)
+    return sorted(jobs.values(), key=lambda j: -j.est_s)  # the longest first
 
 
-def prebuild(cfgs: list[W2SConfig], workers: int | None = None, log=print) -> list[str]:
-    """Pretrain every missing tiny base of `cfgs` in up to `workers` child processes (default: one per
-    core), each on cores // workers threads; returns the keys built. Raises RuntimeError naming the base
-    and the child's error if one fails (the others still land in the cache)."""
-    jobs = missing(cfgs)
-    if not jobs:
+def prebuild(cfgs: list[W2SConfig], workers: int | None = None, log=print, min_s: float = MIN_CHILD_S) -> list[str]:
+    """Pretrain the missing tiny bases of `cfgs` estimated at `min_s` or more, when there are two or more,
+    in up to `workers` child processes (default: one per core), each on cores // workers threads; returns
+    the keys built (the rest are left to the in-process build). Raises RuntimeError naming the base and
+    the child's error if one fails (the others still land in the cache)."""
+    jobs = [j for j in missing(cfgs) if j.est_s >= min_s]
+    if len(jobs) < 2:
         return []
     cores = len(os.sched_getaffinity(0))
     workers = max(1, min(workers or cores, len(jobs)))
