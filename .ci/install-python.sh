@@ -20,13 +20,17 @@ with_uv() {
   # pip also compiles every module to bytecode at install; uv, unless told, does not. Without the .pyc
   # files every new process (each sandboxed trial child, whose site-packages is read-only) compiles
   # torch and transformers again: it made the test suite twice as slow.
-  local args=(--python "$BIN/python" --quiet --index-strategy unsafe-best-match --compile-bytecode) idx
-  idx=$(pip_setting index-url); [ -z "$idx" ] || args+=(--index-url "$idx")
+  local args=(--python "$BIN/python" --quiet --index-strategy unsafe-best-match --compile-bytecode) extra=()
   for u in $(pip_setting extra-index-url); do
     [ "${u#file://}" = "$u" ] || [ -d "${u#file://}" ] || continue  # a local index that is not here
-    args+=(--extra-index-url "$u")
+    extra+=("$u")
   done
   for d in $(pip_setting find-links); do [ ! -e "$d" ] || args+=(--find-links "$d"); done
+  # index URLs may carry credentials (https://user:token@mirror/...): in uv's environment, never on a
+  # command line that any process on the machine can read
+  local idx
+  idx=$(pip_setting index-url)
+  export UV_DEFAULT_INDEX="${idx:-https://pypi.org/simple}" UV_INDEX="${extra[*]}"
   "$BIN/python" -m uv pip install "${args[@]}" torch==2.13.0 &&
     "$BIN/python" -m uv pip install "${args[@]}" -e '.[dev]'
 }
