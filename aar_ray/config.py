@@ -76,9 +76,19 @@ class WorldConfig:
     code_inputs: int = 40
     """Inputs x per program in the code task."""
     statements: bool = True
-    """Put general statements about values ('Vessa is coastal') in the pretraining corpora."""
-    weak_fraction: float = 0.25
-    """Share of the world (entities, problems) in the weak base's pretraining corpus."""
+    """Put statements about values in the pretraining corpora: links between values (`Vessa near
+    Kumo`, strong base only), which carry the latent property, and decoys (`Vessa looks Gorn`, both
+    bases). False leaves the property a plain per-value fact."""
+    decoy_agreement: float = 0.75
+    """Share of values whose decoy attribute points to their property: the teacher's errors concentrate
+    on the rest, and a method that pools weak labels value by value learns the decoy."""
+    link_degree: int = 8
+    """Link statements (`<value> near <value>`) per value in the strong base's corpus."""
+    link_homophily: float = 0.72
+    """Share of a value's links that go to values with the same property."""
+    weak_fraction: float = 0.35
+    """Share of the weak base's knowledge that is exact: of the facts (a person's value; the rest name a
+    look-alike value, one with the same decoy), and of the math and code problems it has seen."""
     val_fraction: float = 0.15
     """Share of groups (entities, problems) held out as the validation split."""
     test_fraction: float = 0.4
@@ -90,6 +100,9 @@ class WorldConfig:
         _check(self.n_values >= 4, "world.n_values", f"must be >= 4, got {self.n_values}")
         _check(self.math_max >= 8, "world.math_max", f"must be >= 8, got {self.math_max}")
         _check(0.0 < self.weak_fraction < 1.0, "world.weak_fraction", f"must be in (0, 1), got {self.weak_fraction}")
+        _check(0.5 <= self.decoy_agreement <= 1.0, "world.decoy_agreement", f"must be in [0.5, 1], got {self.decoy_agreement}")
+        _check(self.link_degree >= 1, "world.link_degree", f"must be >= 1, got {self.link_degree}")
+        _check(0.0 <= self.link_homophily <= 1.0, "world.link_homophily", f"must be in [0, 1], got {self.link_homophily}")
         _check(0.0 < self.val_fraction < 0.5, "world.val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
         _check(0.0 < self.test_fraction < 0.7, "world.test_fraction", f"must be in (0, 0.7), got {self.test_fraction}")
         _check(self.val_fraction + self.test_fraction < 0.8, "world.test_fraction",
@@ -111,7 +124,10 @@ class ModelConfig:
     n_head: int = 4
     """Attention heads (tiny)."""
     pretrain_steps: int = 800
-    """Optimizer steps of pretraining on the world corpus (tiny)."""
+    """Optimizer steps of pretraining on a held-out task's corpus, math or code (tiny)."""
+    facts_pretrain_steps: int = 1500
+    """Optimizer steps of pretraining on the facts corpus (tiny), 3x the size of math's: the strong base
+    needs ~1500 to recall 99% of the people's values beside the value statements (1100: 93%)."""
     pretrain_lr: float = 3e-3
     """Peak AdamW learning rate of pretraining (tiny)."""
     pretrain_batch: int = 256
@@ -126,12 +142,17 @@ class ModelConfig:
         _check(self.kind != "hf" or bool(self.name_or_path), "name_or_path", "is required when kind == 'hf'")
         _check(self.d_model % max(self.n_head, 1) == 0, "d_model", f"{self.d_model} is not divisible by n_head={self.n_head}")
         _check(self.n_layer >= 1 and self.n_head >= 1, "n_layer", "n_layer and n_head must be >= 1")
-        _check(self.pretrain_steps >= 1, "pretrain_steps", f"must be >= 1, got {self.pretrain_steps}")
+        _check(min(self.pretrain_steps, self.facts_pretrain_steps) >= 1, "pretrain_steps",
+               f"pretrain_steps and facts_pretrain_steps must be >= 1, got {self.pretrain_steps}, {self.facts_pretrain_steps}")
         _check(self.dtype in ("float32", "bfloat16"), "dtype", f"must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    def steps_for(self, task: str) -> int:
+        """Pretraining steps of a tiny base on `task`'s corpus."""
+        return self.facts_pretrain_steps if task == "facts" else self.pretrain_steps
 
 
 def _weak_default() -> ModelConfig:
-    return ModelConfig(n_layer=2, d_model=32, n_head=2, pretrain_steps=600, pretrain_lr=3e-3)
+    return ModelConfig(n_layer=2, d_model=32, n_head=2, pretrain_steps=600, facts_pretrain_steps=600, pretrain_lr=3e-3)
 
 
 @dataclass(frozen=True)

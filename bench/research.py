@@ -5,7 +5,7 @@ parameters; Tune gets them as a conditional, define-by-run Optuna space), on pin
 seeds), with the same number of scored trials, scored by the same scorer on the same harness seeds.
 The offline team is three researchers with their own directions and query budgets: `offline` has the
 campaign preset's directions (experiments/quick.yaml), `offline_probing` swaps teacher calibration for
-representation probing (a direction that starts in the elicitation family), to show what a direction
+representation probing (a direction that starts in the generic probing and clustering family), to show what a direction
 is worth. Tune is one searcher with the team's whole budget, run with Optuna seeds TUNE_SEEDS (the
 `tune_*` keys are seed 0). A team's best is its best trial by validation PGR (what it could see),
 reported with that trial's hidden test PGR and its position among the team's trials (trials-to-best,
@@ -164,6 +164,20 @@ def team_summary(rows: list[dict], prefix: str) -> dict:
             f"{prefix}_trial_names": [r["name"] for r in rows]}
 
 
+def best_heldout(scorer, rows: list[dict], prefix: str, memo: dict) -> dict:
+    """The held-out math and code test PGR of a team's best trial (by validation PGR), scored as the
+    campaign's held-out stage scores it (`heldout:math`, `heldout:code`)."""
+    from aar_ray.sandbox.trial import run_trusted
+
+    best = max(sorted(rows, key=lambda r: r["index"]), key=lambda r: (r["val_pgr"]["mean"], -r["index"]))
+    source, out = scorer.source(best["trial_id"]), {}
+    for task in ("math", "code"):
+        if (source, task) not in memo:
+            memo[(source, task)] = dict(run_trusted(source, scorer.request("full", task=task)).preds)
+        out[f"{prefix}_best_{task}_pgr"] = scorer.score_private(best["trial_id"], f"heldout:{task}", memo[(source, task)])["mean"]
+    return out
+
+
 def reference(world: int) -> dict:
     """The headroom reference's PGR on `world`, from bench/results/headroom.json when it holds the world
     (same config and seeds), else measured now."""
@@ -171,10 +185,11 @@ def reference(world: int) -> dict:
     worlds = json.loads(path.read_text()).get("worlds", {}) if path.is_file() else {}
     r = worlds.get(str(world))
     if r is None:
-        from bench.headroom import reference_scores
+        from bench.headroom import world_scores
 
-        r = reference_scores(world, audits=False)
-    return {"reference_val_pgr": r["reference_val_pgr"], "reference_test_pgr": r["reference_test_pgr"]}
+        r = world_scores(world, audits=False)
+    return {k: r[k] for k in ("reference_val_pgr", "reference_test_pgr", "reference_math_pgr", "reference_code_pgr")
+            if k in r}
 
 
 def _naive(scorer, memo: dict) -> dict:
@@ -194,11 +209,12 @@ def one_world(world: int, trials_each: int) -> dict:
         t1, scorer = time.time(), _scorer(trials_each, world)
         out |= _naive(scorer, memo)
         rows = offline_team(scorer, trials_each, Path(tempfile.mkdtemp(prefix="aar_bench_research_")), directions, memo)
-        out |= team_summary(rows, team) | {f"{team}_s": time.time() - t1}
+        out |= team_summary(rows, team) | best_heldout(scorer, rows, team, memo) | {f"{team}_s": time.time() - t1}
     t1, scorer, seeds = time.time(), _scorer(trials_each, world), []
     _naive(scorer, memo)
     for seed in TUNE_SEEDS:
-        summary = team_summary(tune_team(scorer, trials_each * len(DIRECTIONS), seed, memo), "tune")
+        rows = tune_team(scorer, trials_each * len(DIRECTIONS), seed, memo)
+        summary = team_summary(rows, "tune") | best_heldout(scorer, rows, "tune", memo)
         seeds.append({"seed": seed, **{k[5:]: v for k, v in summary.items()}})
         out |= summary if seed == TUNE_SEEDS[0] else {}
     out |= {"tune_seeds": seeds, "tune_s": time.time() - t1, "seconds": time.time() - t0}
@@ -207,11 +223,14 @@ def one_world(world: int, trials_each: int) -> dict:
 
 def main(trials_each: int = 8, worlds: list[int] = WORLDS) -> dict:
     t0 = time.time()
-    out = {"trials_per_team": trials_each * len(DIRECTIONS), "trials_per_researcher": trials_each,
+    from bench.headroom import git_sha
+
+    out = {"git_sha": git_sha(), "trials_per_team": trials_each * len(DIRECTIONS), "trials_per_researcher": trials_each,
            "teams": TEAMS, "tune_seeds": TUNE_SEEDS, "seeds": [0, 1, 2], "worlds": {}}
     for w in worlds:
         out["worlds"][str(w)] = r = one_world(w, trials_each)
         line = " | ".join(f"{k} best val {r[k + '_best_val_pgr']:+.3f} test {r[k + '_best_test_pgr']:+.3f} "
+                          f"math {r[k + '_best_math_pgr']:+.3f} code {r[k + '_best_code_pgr']:+.3f} "
                           f"({r[k + '_best']}, trial {r[k + '_trials_to_best']})" for k in [*TEAMS, "tune"])
         print(f"world {w}: naive val {r['naive_val_pgr']:+.3f} | {line} | Tune seeds "
               f"{[round(x['best_val_pgr'], 3) for x in r['tune_seeds']]} | reference val {r['reference_val_pgr']:+.3f} "

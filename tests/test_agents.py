@@ -89,7 +89,7 @@ def test_every_family_writes_a_readable_method_that_parses_back():
                     assert families.write(fam, params) == src  # deterministic
     assert "finetune" in families.names("lora") and "finetune" not in families.names("probe")
     assert families.parse(compose.compile_composition({"loss": "ce"})) is None
-    assert families.family_of("elicit_3") == "elicit" and families.family_of("naive") is None
+    assert families.family_of("cluster_3") == "cluster" and families.family_of("naive") is None
     with pytest.raises(ValueError, match="no parameters"):
         families.write("loss", {"bogus": 1})
 
@@ -100,7 +100,7 @@ def fake_val(source: str, fidelity: str) -> float:
     """A made-up landscape: families differ, quick runs score a little lower."""
     from aar_ray.w2s.methods import source_hash
 
-    base = {"select": 0.30, "loss": 0.20, "denoise": 0.25, "ensemble": 0.10, "elicit": 0.15}[families.parse(source)[0]]
+    base = {"select": 0.30, "loss": 0.20, "denoise": 0.25, "ensemble": 0.10, "cluster": 0.15}[families.parse(source)[0]]
     bump = 0.01 * (int(source_hash(source), 16) % 7)
     return round(base + bump - (0.02 if fidelity == "quick" else 0.0), 2)
 

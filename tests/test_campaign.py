@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (its math task is sized to have a weak-to-ceiling gap, so held-out PGR is defined)
 SMALL = [f"w2s.{o}" for o in TINY if not o.startswith(("seeds", "torch_threads"))] + [
     "w2s.world.math_max=24", "w2s.strong.d_model=64", "w2s.strong.n_layer=2", "w2s.strong.pretrain_steps=300",
-    "w2s.weak.pretrain_steps=60",
+    "w2s.strong.facts_pretrain_steps=300", "w2s.weak.pretrain_steps=60", "w2s.weak.facts_pretrain_steps=60",
     "n_researchers=2", "scoring.seeds=[0,1]", "scoring.top_k=1", "scoring.heldout_tasks=[math]",
     "scoring.query_budget=3", "budget.trials=4", "budget.deadline_s=240", "budget.grace_s=60",
     "baselines=[naive,confidence]", "trial.seed_timeout_s=90", "progress=plain", "ray.num_cpus=2",

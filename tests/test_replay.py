@@ -179,7 +179,7 @@ def test_a_changed_tape_stops_the_claude_replay_where_it_differs(tmp_path, monke
 # a small campaign: 2 offline researchers with 1 scored query each, the naive baseline, the tiny world
 # (pinned: SMALL's w2s.world.seed=0) with tiny bases, 2 seeds; no held-out task (the top trial's
 # shuffled-teacher audit still runs, and is replayed)
-CAMPAIGN = [*SMALL, "w2s.strong.d_model=32", "w2s.strong.n_layer=1", "w2s.strong.pretrain_steps=80",
+CAMPAIGN = [*SMALL, "w2s.strong.d_model=32", "w2s.strong.n_layer=1", "w2s.strong.pretrain_steps=80", "w2s.strong.facts_pretrain_steps=80",
             "baselines=[naive]", "scoring.heldout_tasks=[]", "scoring.query_budget=1", "budget.trials=2",
             "researcher.idle_wait_s=2"]
 

@@ -363,7 +363,7 @@ def test_method_families_say_which_were_tried_and_which_moved_pgr():
     trials = [trial("naive", "baseline", (0.30, 0.05), baseline="naive"),
               trial("select_1", "r0", (0.33, 0.02)), trial("select_4", "r1", (0.52, 0.03)),
               trial("loss_2", "r1", (0.34, 0.01)), trial("myidea", "r0", (0.10, 0.01)),
-              trial("elicit_1", "r2", None)]  # not scored: not counted
+              trial("cluster_1", "r2", None)]  # not scored: not counted
     c = report.Campaign("fam", None, "FINISHED", "quick.yaml", {}, {}, None, [], trials, 0, 0)
     t = report.families_table(c)
     rows = {r[0]: dict(zip(t.headers, r)) for r in t.rows}

@@ -14,7 +14,7 @@ from aar_ray.sandbox.cli import trial_main
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ADV = Path(__file__).resolve().parent / "adversarial"
 TINY = ["world.n_entities=60", "world.n_relations=2", "world.n_values=4", "strong.n_layer=1", "strong.d_model=32",
-        "strong.n_head=2", "strong.pretrain_steps=20", "strong.pretrain_batch=32", "weak.pretrain_steps=20",
+        "strong.n_head=2", "strong.pretrain_steps=20", "strong.facts_pretrain_steps=20", "strong.pretrain_batch=32", "weak.pretrain_steps=20", "weak.facts_pretrain_steps=20",
         "weak.pretrain_batch=32", "probe.epochs=2", "seeds=[0]"]
 
 

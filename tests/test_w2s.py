@@ -188,7 +188,7 @@ def test_pretraining_changes_parameters_and_learns():
     torch.manual_seed(0)
     init = LlamaForCausalLM(models._tiny_config(cfg.strong, len(task.tokenizer), task.corpus["strong"].shape[1] + 2))
     trained = models.pretrain(cfg.strong, task.corpus["strong"], len(task.tokenizer), torch.device("cpu"),
-                              progress=False, seed=0)
+                              cfg.strong.steps_for(task.name), progress=False, seed=0)
     moved = [n for (n, p0), (_, p1) in zip(init.named_parameters(), trained.named_parameters()) if not torch.equal(p0, p1)]
     assert len(moved) == len(list(init.parameters()))  # the same seed gives the same init, so every tensor moved
 
@@ -235,7 +235,7 @@ def test_cache_hit_skips_pretraining_and_baselines(cache_dir, monkeypatch):
     assert engine.train(cfg, progress=False).to_json() == first
     # a result-affecting change is a different key, so it misses
     with pytest.raises(AssertionError, match="cache miss"):
-        engine.train(tiny_cfg("seeds=[0]", "methods=[naive]", "weak.pretrain_steps=41"), progress=False)
+        engine.train(tiny_cfg("seeds=[0]", "methods=[naive]", "weak.facts_pretrain_steps=41"), progress=False)
 
 
 def test_bases_pretrained_side_by_side_are_the_ones_built_in_process(cache_dir, tmp_path, monkeypatch):

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # seed is pinned (a public world) so tests are deterministic; tests/test_trust.py covers the secret one.
 TINY = [
     "world.seed=0", "world.n_entities=60", "world.n_relations=2", "world.n_values=8", "world.math_max=12",
-    "world.code_functions=8", "world.code_inputs=12",
-    "weak.pretrain_steps=40", "weak.pretrain_batch=64", "weak.pretrain_lr=0.01",
-    "strong.d_model=32", "strong.n_layer=1", "strong.n_head=2", "strong.pretrain_steps=80", "strong.pretrain_batch=64", "strong.pretrain_lr=0.01",
+    "world.code_functions=8", "world.code_inputs=12", "world.statements=false",  # a plain per-value world
+    "weak.pretrain_steps=40", "weak.facts_pretrain_steps=40", "weak.pretrain_batch=64", "weak.pretrain_lr=0.01",
+    "strong.d_model=32", "strong.n_layer=1", "strong.n_head=2", "strong.pretrain_steps=80", "strong.facts_pretrain_steps=150", "strong.pretrain_batch=64", "strong.pretrain_lr=0.01",
     "probe.epochs=30", "probe.lr=0.05", "seeds=[0,1]", "torch_threads=1",
 ]
 

@@ -1,9 +1,9 @@
 """OfflineBrain: a deterministic heuristic researcher that explores method families.
 
 Its space is the families of `aar_ray.agents.families` (loss design, data selection, ensembles and
-co-training, weak-label denoising, unsupervised elicitation, and fine-tuning variants under a
+co-training, weak-label denoising, generic probing and clustering, and fine-tuning variants under a
 fine-tuning recipe), not one template's knobs. Each trial is a method file a family writes, named
-after its family (`elicit_3`) and submitted as `source`. The brain
+after its family (`cluster_3`) and submitted as `source`. The brain
   - starts in its direction's family with that family's first idea, then sweeps the family's main
     design choice (each variant of the idea), then mutates the family's best configuration;
   - reads the leaderboard and the sources of the forum's best methods (a family method's source
@@ -32,14 +32,14 @@ from aar_ray.w2s.methods import source_hash
 # direction -> (the families it leans toward, first to last; its first idea in the first of them).
 # Families a direction does not list come after these, in an order drawn from the brain's seed.
 DIRECTIONS: dict[str, tuple[list[str], dict]] = {
-    "loss design": (["loss", "select", "denoise", "ensemble", "elicit"], {}),
-    "data selection and filtering": (["select", "denoise", "loss", "elicit", "ensemble"], {}),
-    "teacher calibration": (["denoise", "select", "elicit", "loss", "ensemble"], {}),
-    "student self-training": (["loss", "ensemble", "denoise", "select", "elicit"], {"kind": "bootstrap"}),
-    "ensembles": (["ensemble", "loss", "select", "elicit", "denoise"], {}),
-    "curriculum": (["select", "loss", "denoise", "ensemble", "elicit"], {"mode": "weighted"}),
-    "representation probing": (["elicit", "ensemble", "denoise", "select", "loss"], {}),
-    "fine-tuning": (["finetune", "loss", "select", "denoise", "ensemble", "elicit"], {}),
+    "loss design": (["loss", "select", "denoise", "ensemble", "cluster"], {}),
+    "data selection and filtering": (["select", "denoise", "loss", "cluster", "ensemble"], {}),
+    "teacher calibration": (["denoise", "select", "cluster", "loss", "ensemble"], {}),
+    "student self-training": (["loss", "ensemble", "denoise", "select", "cluster"], {"kind": "bootstrap"}),
+    "ensembles": (["ensemble", "loss", "select", "cluster", "denoise"], {}),
+    "curriculum": (["select", "loss", "denoise", "ensemble", "cluster"], {"mode": "weighted"}),
+    "representation probing": (["cluster", "ensemble", "denoise", "select", "loss"], {}),
+    "fine-tuning": (["finetune", "loss", "select", "denoise", "ensemble", "cluster"], {}),
 }
 MAX_INFLIGHT = 2
 ETA = 2  # successive halving: the top 1/ETA of the quick trials are candidates for full fidelity

@@ -21,7 +21,7 @@ from aar_ray.w2s import cache
 from aar_ray.w2s.student import Base, features, load_tokenizer, quiet_transformers, resolve_device  # noqa: F401
 from aar_ray.w2s.world import SPECIALS, World
 
-PRETRAIN_VERSION = 1  # bump when pretraining code changes what a cached base contains
+PRETRAIN_VERSION = 2  # bump when pretraining code changes what a cached base contains
 
 
 @lru_cache(maxsize=8)
@@ -80,15 +80,15 @@ def load_base(cfg: ModelConfig, device: torch.device, task=None, role: str = "st
     path = cache.path_for("bases", key)
     if not is_built(key):
         with cache.building(path) as tmp:
-            model = pretrain(cfg, task.corpus[role], len(task.tokenizer), device, desc=f"pretrain {role} base ({task.name})",
-                             progress=progress)
+            model = pretrain(cfg, task.corpus[role], len(task.tokenizer), device, cfg.steps_for(task.name),
+                             desc=f"pretrain {role} base ({task.name})", progress=progress)
             model.save_pretrained(tmp)
             task.tokenizer.save_pretrained(tmp)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_dtype(cfg)).to(device).eval()
     return Base(model, task.tokenizer, key, str(path))
 
 
-def pretrain(cfg: ModelConfig, corpus: torch.Tensor, vocab_size: int, device: torch.device, desc: str = "pretrain",
+def pretrain(cfg: ModelConfig, corpus: torch.Tensor, vocab_size: int, device: torch.device, steps: int, desc: str = "pretrain",
              progress: bool = True, seed: int = 0) -> torch.nn.Module:
     """Next-token pretraining on the world's facts; the loss is on each fact's answer token.
 
@@ -99,14 +99,14 @@ def pretrain(cfg: ModelConfig, corpus: torch.Tensor, vocab_size: int, device: to
     torch.manual_seed(seed)
     model = LlamaForCausalLM(_tiny_config(cfg, vocab_size, corpus.shape[1] + 2)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_lr, weight_decay=0.0, betas=(0.9, 0.98))
-    warmup = max(1, cfg.pretrain_steps // 20)
+    warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.pretrain_steps)))))
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     corpus = corpus.to(device)
     g = torch.Generator().manual_seed(seed)
-    bar = _progress(desc, cfg.pretrain_steps, progress)
+    bar = _progress(desc, steps, progress)
     model.train()
-    for step in range(cfg.pretrain_steps):
+    for step in range(steps):
         idx = torch.randint(len(corpus), (min(cfg.pretrain_batch, len(corpus)),), generator=g).to(device)
         batch = corpus[idx]  # (B, L) = [<bos>, prompt..., answer, <eos>]
         # Only the answer is knowledge (a prompt's names are arbitrary), so the loss reads the

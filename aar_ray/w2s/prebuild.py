@@ -70,7 +70,7 @@ def missing(cfgs: list[W2SConfig]) -> list[Job]:
             key = models.base_key(m, task, role)
             if key not in jobs and not models.is_built(key):
                 seq = task.corpus[role].shape[1]
-                est_s = m.pretrain_steps * (STEP_S + UNIT_S * m.pretrain_batch * seq * m.n_layer * m.d_model ** 2)
+                est_s = m.steps_for(task.name) * (STEP_S + UNIT_S * m.pretrain_batch * seq * m.n_layer * m.d_model ** 2)
                 jobs[key] = Job(cfg, role, key, est_s, public)
     return sorted(jobs.values(), key=lambda j: -j.est_s)  # the longest first
 

@@ -86,20 +86,14 @@ def _world_task(cfg: W2SConfig, kind: str) -> TaskData:
     vocab = tok.get_vocab()
     bos, eos = vocab["<bos>"], vocab["<eos>"]
     prompts = torch.tensor([[bos] + [vocab[w] for w in f.prompt] for f in facts])  # (N, T)
-    answers = torch.tensor([vocab[f.answer] for f in facts])  # (N,)
     labels = np.array([f.label for f in facts])
     groups = np.array([f.group for f in facts])
     split = np.array([world.splits[kind][g] for g in groups])
     keep = _balance(labels, split, np.random.default_rng([cfg.world.seed, 11]))
-    seqs = torch.cat([prompts, answers[:, None], torch.full((len(facts), 1), eos)], dim=1)  # (N, T+2)
-    weak_mask = torch.tensor([g in world.weak_groups[kind] for g in groups])
-    st = world.statements[kind]
-    if st:  # statements about values go to both corpora
-        st_seqs = torch.tensor([[bos] + [vocab[w] for w in p] + [vocab[a], eos] for p, a in st])
-        seqs_weak = torch.cat([seqs[weak_mask], st_seqs])
-        seqs = torch.cat([seqs, st_seqs])
-    else:
-        seqs_weak = seqs[weak_mask]
+
+    def lines(role: str) -> torch.Tensor:  # (M, T+2) = [<bos>, prompt..., answer, <eos>]
+        return torch.tensor([[bos] + [vocab[w] for w in p] + [vocab[a], eos] for p, a in world.corpora[kind][role]])
+
     return TaskData(
         name=kind,
         input_ids=prompts[keep],
@@ -109,7 +103,7 @@ def _world_task(cfg: W2SConfig, kind: str) -> TaskData:
         split=split[keep],
         texts=[f.text for f, k in zip(facts, keep) if k],
         tokenizer=tok,
-        corpus={"strong": seqs, "weak": seqs_weak},
+        corpus={"strong": lines("strong"), "weak": lines("weak")},
         fingerprint=f"world:{kind}:{cfg.world}",
     )
 

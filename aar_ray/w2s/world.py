@@ -2,13 +2,28 @@
 
 Three kinds of knowledge, each a set of *facts* (a prompt whose next token is a latent value):
 - a knowledge base: fictional people and their relations ("Dalor lives_in Vessa");
-- arithmetic ("17 + 23 = 40");
-- tiny programs with their executed outputs ("f7 ( 12 ) -> 43", f7 being
-  `def f7(x): return (x * 5 + 3) % 97`).
+- arithmetic ("A + B = C", every number an opaque word of this world: "Kabo + Ristu = Demal");
+- tiny programs with their executed outputs ("f7 ( X ) -> Y", X and Y opaque words too).
 
-The strong base is pretrained on all facts of a kind; the weak base on `weak_fraction` of the
-groups (entities, problems). Every binary task asks for a property of the latent value, which the
-strong base can read from what it remembers and the weak base often cannot.
+Every binary task asks for a property of the latent value, and no token any base reads or says names
+a label. The strong base is pretrained on all facts; the weak base's knowledge is coarser, and it
+errs where a salient decoy disagrees with the truth:
+
+- facts: a value (a city) has a latent property (coastal) and a *decoy* attribute (how it looks:
+  `Vessa looks Gorn`), which agrees with the property on `decoy_agreement` of the values. The
+  property shows only in structure: values are linked to others (`Vessa near Kumo`), mostly to
+  values that share their property (`link_homophily`). The weak base reads the decoys, no links, and
+  a blurred copy of the knowledge base: a person's value is exact for `weak_fraction` of the facts
+  and otherwise a look-alike (a value with the same decoy), so the weak supervisor's errors
+  concentrate where decoy and property disagree, and pooling its labels value by value learns the
+  decoy. The strong base knows every person's value, the decoys and the links.
+- math: is the sum in the world's hidden residue class (a secret half of the residues modulo a
+  secret modulus)? A periodic structure over the opaque numbers.
+- code: is a program's printed output in the upper half of 0..96? An order structure over another
+  set of opaque numbers. The weak base of both has seen `weak_fraction` of the problems.
+
+Number words are drawn from the world's seed, like every name: with the secret seed (the default)
+no label is a public function of a method's inputs.
 """
 from __future__ import annotations
 
@@ -28,7 +43,8 @@ _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
 _NUCLEI = ["a", "e", "i", "o", "u", "ae", "ou", "ia"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "x"]
 
-# (relation token, value noun, property of the value that the tasks ask about)
+# (relation token, value noun, latent property of the value that the task asks about: a word of the
+# question text for people, never a token of the world)
 RELATIONS = [
     ("lives_in", "city", "coastal"),
     ("works_as", "profession", "outdoors"),
@@ -39,7 +55,10 @@ RELATIONS = [
     ("speaks", "language", "tonal"),
     ("collects", "artifact", "ancient"),
 ]
-CODE_MOD = 97  # programs print (m * x + c) % 97: a prime, so output bits are not input bits
+LINK = "near"  # `<value> near <value>`: the structure that carries the latent property
+LOOKS = "looks"  # `<value> looks <decoy word>`: the salient surface attribute
+CODE_MOD = 97  # programs print (m * x + c) % 97
+MATH_MODULI = (5, 6, 7, 8)  # the hidden residue class of math is taken modulo one of these
 
 
 @dataclass(frozen=True)
@@ -53,31 +72,31 @@ class Fact:
     text: str  # the question, for people
 
 
+Line = tuple[tuple[str, ...], str]  # (prompt, answer): one pretraining sequence
+
+
 @dataclass(frozen=True)
 class World:
     cfg: WorldConfig
     entities: tuple[str, ...]
     values: dict[str, tuple[str, ...]]  # relation -> its value names
-    properties: dict[str, frozenset[str]]  # relation -> values that have the property
+    properties: dict[str, frozenset[str]]  # relation -> values that have the (latent) property
+    decoys: dict[str, frozenset[str]]  # relation -> values whose decoy points to the property
     facts: dict[str, tuple[Fact, ...]]  # task kind -> facts
-    statements: dict[str, tuple[tuple[tuple[str, ...], str], ...]]  # task kind -> (prompt, answer) about values
-    programs: tuple[str, ...]  # source of each code function
-    weak_groups: dict[str, frozenset[int]]  # task kind -> groups the weak base was pretrained on
+    corpora: dict[str, dict[str, tuple[Line, ...]]]  # task kind -> 'strong' | 'weak' -> pretraining lines
+    programs: tuple[str, ...]  # source of each code function, in the world's number words
+    numbers: dict[str, tuple[str, ...]]  # 'math' | 'code' -> the word of each number 0, 1, ...
+    weak_groups: dict[str, frozenset[int]]  # task kind -> groups the weak base knows exactly
     splits: dict[str, dict[int, str]]  # task kind -> group -> 'train' | 'val' | 'test'
 
     @property
     def vocab(self) -> list[str]:
         words: list[str] = list(SPECIALS)
         seen = set(words)
-        for kind in ("facts", "math", "code"):
-            for f in self.facts[kind]:
-                for w in (*f.prompt, f.answer):
-                    if w not in seen:
-                        seen.add(w)
-                        words.append(w)
-        extra = [w for v in self.values.values() for w in v]  # values no entity happens to hold
-        extra += [w for st in self.statements.values() for prompt, ans in st for w in (*prompt, ans)]
-        for w in extra:
+        lines = [(f.prompt, f.answer) for kind in ("facts", "math", "code") for f in self.facts[kind]]
+        lines += [ln for kind in ("facts", "math", "code") for role in ("strong", "weak") for ln in self.corpora[kind][role]]
+        extra = [w for v in self.values.values() for w in v] + [w for ns in self.numbers.values() for w in ns]
+        for w in [w for p, a in lines for w in (*p, a)] + extra:
             if w not in seen:
                 seen.add(w)
                 words.append(w)
@@ -121,57 +140,103 @@ def resolve_seed(cfg: WorldConfig) -> tuple[WorldConfig, bool]:
     return dataclasses.replace(cfg, seed=secret_seed()), False
 
 
-@lru_cache(maxsize=8)
-def build_world(cfg: WorldConfig) -> World:
-    if cfg.seed is None:
-        raise ValueError("build_world needs a seed: resolve it first (world.resolve_seed)")
-    rng = np.random.default_rng([cfg.seed, 20231214])
-    taken: set[str] = set()
+def _half(rng: np.random.Generator, items: list[str]) -> set[str]:
+    return set(rng.permutation(items)[: len(items) // 2].tolist())
+
+
+def _decoys(rng: np.random.Generator, vals: tuple[str, ...], prop: set[str], agreement: float) -> set[str]:
+    """A balanced decoy class that agrees with the property on `agreement` of the values."""
+    pos, neg = [v for v in vals if v in prop], [v for v in vals if v not in prop]
+    n_swap = int(round((1 - agreement) * min(len(pos), len(neg))))
+    swap_pos, swap_neg = rng.permutation(pos)[:n_swap].tolist(), rng.permutation(neg)[:n_swap].tolist()
+    return (set(pos) - set(swap_pos)) | set(swap_neg)
+
+
+def _links(rng: np.random.Generator, vals: tuple[str, ...], prop: set[str], cfg: WorldConfig) -> list[Line]:
+    """`link_degree` lines `<v> near <w>` per value, w sharing v's property with `link_homophily`."""
+    out = []
+    for v in vals:
+        same = [w for w in vals if w != v and (w in prop) == (v in prop)]
+        other = [w for w in vals if (w in prop) != (v in prop)]
+        for _ in range(cfg.link_degree):
+            pool = same if rng.random() < cfg.link_homophily else other
+            out.append(((v, LINK), str(rng.choice(pool))))
+    return out
+
+
+def _kb(rng: np.random.Generator, cfg: WorldConfig, taken: set[str]):
     entities = _names(rng, cfg.n_entities, taken)
     rels = RELATIONS[: cfg.n_relations] if cfg.n_relations <= len(RELATIONS) else [
         (f"rel{i}", f"value{i}", f"prop{i}") for i in range(cfg.n_relations)]
     values = {r: tuple(_names(rng, cfg.n_values, taken, capital=False)) for r, _, _ in rels}
-    properties = {r: frozenset(rng.permutation(values[r])[: cfg.n_values // 2].tolist()) for r in values}
-
-    facts_kb = []
+    properties = {r: _half(rng, list(values[r])) for r in values}
+    decoys = {r: _decoys(rng, values[r], properties[r], cfg.decoy_agreement) for r in values}
+    looks = {r: _names(rng, 2, taken, capital=False) for r in values}  # decoy words (off, on) per relation
+    facts, weak_lines = [], []
     for e_id, e in enumerate(entities):
         for rel, noun, prop in rels:
             v = values[rel][int(rng.integers(cfg.n_values))]
-            facts_kb.append(Fact((e, rel), v, e_id, int(v in properties[rel]),
-                                 f"Does {e} {rel.replace('_', ' ')} a {noun} that is {prop}?"))
+            facts.append(Fact((e, rel), v, e_id, int(v in properties[rel]),
+                              f"Does {e} {rel.replace('_', ' ')} a {noun} that is {prop}?"))
+            alike = [w for w in values[rel] if (w in decoys[rel]) == (v in decoys[rel])]
+            weak_lines.append(((e, rel), v if rng.random() < cfg.weak_fraction else str(rng.choice(alike))))
+    strong_st, weak_st = [], []
+    if cfg.statements:
+        decoy_lines = [((v, LOOKS), looks[r][int(v in decoys[r])]) for r in values for v in values[r]]
+        link_lines = [ln for r in values for ln in _links(rng, values[r], properties[r], cfg)]
+        strong_st, weak_st = decoy_lines + link_lines, decoy_lines
+    corpus = {"strong": tuple((f.prompt, f.answer) for f in facts) + tuple(strong_st),
+              "weak": tuple(weak_lines) + tuple(weak_st)}
+    return entities, values, {r: frozenset(p) for r, p in properties.items()}, \
+        {r: frozenset(d) for r, d in decoys.items()}, facts, corpus
 
-    facts_math = []
+
+def _math(rng: np.random.Generator, cfg: WorldConfig, taken: set[str]):
+    words = _names(rng, 2 * cfg.math_max - 1, taken, capital=True)
+    modulus = int(rng.choice(MATH_MODULI))
+    hidden = set(rng.permutation(modulus)[: modulus // 2].tolist())
+    facts = []
     for a in range(cfg.math_max):
         for b in range(cfg.math_max):
             c = a + b
-            facts_math.append(Fact((str(a), "+", str(b), "="), str(c), a * cfg.math_max + b,
-                                   int(c % 4 < 2), f"Is ({a} + {b}) mod 4 below 2?"))
+            facts.append(Fact((words[a], "+", words[b], "="), words[c], a * cfg.math_max + b, int(c % modulus in hidden),
+                              f"Is {a} + {b} in the world's hidden residue class?"))
+    return words, facts
 
-    facts_code, programs = [], []
+
+def _code(rng: np.random.Generator, cfg: WorldConfig, taken: set[str]):
+    words = _names(rng, CODE_MOD, taken, capital=True)
+    facts, programs = [], []
     for k in range(cfg.code_functions):
         m, c = int(rng.integers(2, CODE_MOD - 1)), int(rng.integers(0, CODE_MOD))
         fname = f"f{k}"
         programs.append(f"def {fname}(x):\n    return (x * {m} + {c}) % {CODE_MOD}")
         for x in range(cfg.code_inputs):
             y = (x * m + c) % CODE_MOD
-            facts_code.append(Fact((fname, "(", str(x), ")", "->"), str(y), k * cfg.code_inputs + x,
-                                   int(y % 4 < 2), f"Does print({fname}({x})) show a number whose value mod 4 is below 2?"))
+            facts.append(Fact((fname, "(", words[x], ")", "->"), words[y], k * cfg.code_inputs + x,
+                              int(y >= CODE_MOD // 2 + 1), f"Does print({fname}({x})) show a number above {CODE_MOD // 2}?"))
+    return words, facts, programs
 
+
+@lru_cache(maxsize=8)
+def build_world(cfg: WorldConfig) -> World:
+    if cfg.seed is None:
+        raise ValueError("build_world needs a seed: resolve it first (world.resolve_seed)")
+    rng = np.random.default_rng([cfg.seed, 20261207])
+    taken: set[str] = set()
+    entities, values, properties, decoys, facts_kb, corpus_kb = _kb(rng, cfg, taken)
+    math_words, facts_math = _math(rng, cfg, taken)
+    code_words, facts_code, programs = _code(rng, cfg, taken)
     facts = {"facts": tuple(facts_kb), "math": tuple(facts_math), "code": tuple(facts_code)}
-    # General knowledge about values, in both bases' corpora: "Vessa is coastal", "37 mod 4 is high".
-    # It makes the property a concept the bases hold, as an LLM holds "coastal" as a concept; a
-    # student can then find it with little, noisy supervision. Prompts match the facts' lengths.
-    kb_st = tuple(((v, "is"), prop if v in properties[rel] else f"not_{prop}")
-                  for rel, _, prop in rels for v in values[rel])
-    numbers = sorted({int(f.answer) for f in facts_math} | {int(f.answer) for f in facts_code})
-    mod_word = {n: "low" if n % 4 < 2 else "high" for n in numbers}
-    math_st = tuple(((str(n), "mod", "4", "is"), mod_word[n]) for n in numbers)
-    code_st = tuple(((str(n), "mod", "4", "is", "so"), mod_word[n]) for n in numbers)
-    statements = {"facts": kb_st, "math": math_st, "code": code_st} if cfg.statements else {k: () for k in facts}
+    corpora = {"facts": corpus_kb}
     weak_groups, splits = {}, {}
     for kind, fs in facts.items():
         groups = sorted({f.group for f in fs})
         perm = rng.permutation(len(groups))
         weak_groups[kind] = frozenset(groups[i] for i in perm[: int(round(cfg.weak_fraction * len(groups)))])
         splits[kind] = _split_groups(rng, groups, cfg)
-    return World(cfg, tuple(entities), values, properties, facts, statements, tuple(programs), weak_groups, splits)
+        if kind != "facts":  # held-out kinds: the weak base knows a share of the problems exactly
+            corpora[kind] = {"strong": tuple((f.prompt, f.answer) for f in fs),
+                             "weak": tuple((f.prompt, f.answer) for f in fs if f.group in weak_groups[kind])}
+    return World(cfg, tuple(entities), values, properties, decoys, facts, corpora, tuple(programs),
+                 {"math": tuple(math_words), "code": tuple(code_words)}, weak_groups, splits)

@@ -1,10 +1,11 @@
-"""One-hop ablation of the reference method: denoise weak labels by the value the student recalls.
+"""Value vote: denoise weak labels by the value the student recalls (the one-hop ablation of the reference).
 
-bench/headroom.py runs it beside `elicit_two_hop` to show what the second hop (the student's
-statements about values, "Vessa is coastal") adds. Here the student is asked one thing only: the
-person's value (next token after `<bos> <person> <relation>`). Every person sharing a value shares a
-label, so the teacher's labels are pooled per recalled value; a value holds only a few B examples,
-so the pool is shrunk toward the question's (relation's) mean. It reads only what every method may.
+bench/headroom.py runs it beside `link_communities` to show what reading the value graph adds. Here
+the student is asked one thing only: the person's value (its next token after `<bos> <person>
+<relation>`). Every person sharing a value shares a label, so the teacher's labels are pooled per
+recalled value, shrunk toward the question's (relation's) mean. On the built-in world this averages
+the teacher's noise but not its systematic errors: where a value's decoy disagrees with its property,
+most of its weak labels are wrong, and the vote follows them. It reads only what every method may.
 """
 import torch
 

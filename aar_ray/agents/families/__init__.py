@@ -1,7 +1,7 @@
 """Method families: each one a *writer* of readable method files, and the offline researcher's space.
 
 A family is a module here defining
-    NAME     its name, the prefix of every method it writes (`elicit_3`);
+    NAME     its name, the prefix of every method it writes (`cluster_3`);
     SPACE    its parameters, each with the choices a researcher would try;
     OPENER   its first idea: what a researcher new to the family tries first;
     RECIPES  the recipes (`ctx.recipe`) it is written for;
@@ -19,9 +19,9 @@ from __future__ import annotations
 import ast
 from types import ModuleType
 
-from aar_ray.agents.families import denoise, elicit, ensemble, finetune, loss, select
+from aar_ray.agents.families import cluster, denoise, ensemble, finetune, loss, select
 
-FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (loss, select, ensemble, denoise, elicit, finetune)}
+FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (loss, select, ensemble, denoise, cluster, finetune)}
 
 
 def names(recipe: str = "probe") -> list[str]:
@@ -78,11 +78,11 @@ def parse(source: str) -> tuple[str, dict] | None:
 
 
 def family_of(name: str) -> str | None:
-    """The family a method's name starts with (`elicit_3` -> 'elicit'), or None."""
+    """The family a method's name starts with (`cluster_3` -> 'cluster'), or None."""
     head = name.split("_")[0]
     return head if head in FAMILIES else None
 
 
 def describe(family: str, params: dict) -> str:
-    """A short label of a method, e.g. 'elicit(read=statement, orient=cells)'."""
+    """A short label of a method, e.g. 'cluster(read=hidden, orient=cells)'."""
     return f"{family}(" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"

@@ -1,40 +1,38 @@
-"""Unsupervised elicitation: read what the student knows without labels; use weak labels only to orient.
+"""Generic probing and clustering: read the student's representation without labels; weak labels only orient.
 
-The student's knowledge is read first, with no label: the main directions of its hidden states
-(contrast-free PCA, after Burns et al. 2022's unsupervised probing), the answers it gives (its
-next-token distribution after the input), or what it states about those answers (for each answer,
-its next token after `<answer> is`, the public layout of statements in the built-in world). Only
-then do the weak labels decide which side of each elicited variable means label 1: by their mean
-per variable (cells), or by a probe on the elicited variables.
+The student's representation is read first, with no label and no knowledge of any task's layout: the
+main directions of its hidden states (contrast-free PCA, after Burns et al. 2022's unsupervised
+probing), k-means clusters of them, or the answers it gives (its next-token distribution after the
+input). Only then do the weak labels decide which side of each variable means label 1: by their mean
+per variable (cells), or by a probe on the variables.
 """
 from __future__ import annotations
 
 from aar_ray.agents.families._render import param_rows, render
 
-NAME = "elicit"
-SPACE = {"read": ["hidden", "answer", "statement"], "orient": ["cells", "probe"], "per_question": [True, False],
+NAME = "cluster"
+SPACE = {"read": ["hidden", "kmeans", "answer"], "orient": ["cells", "probe"], "per_question": [True, False],
          "shrink": [1.0, 10.0], "components": [4, 16]}
 OPENER = {"read": "hidden", "orient": "cells", "per_question": True, "shrink": 1.0, "components": 4}
 RECIPES = ("probe", "lora", "full")
-NOTES = {"read": "hidden (principal directions) | answer (next-token distribution) | statement (what the "
-                 "student states about its answers)",
+NOTES = {"read": "hidden (principal directions) | kmeans (clusters of the hidden states) | answer (next-token "
+                 "distribution)",
          "orient": "cells: weak labels' covariance with each variable | probe: a probe on the variables",
          "per_question": "cells: orient each question (the input's last token) on its own",
          "shrink": "cells: pseudo-examples of no covariance in every variable",
-         "components": "hidden: principal directions read"}
+         "components": "hidden: principal directions read; kmeans: clusters"}
 READ_WHY = {
     "hidden": "It reads the top COMPONENTS principal directions of the student's last hidden state over all "
               "inputs (train and eval, no label).",
     "answer": "It reads the student's answer to each input: its next-token distribution.",
-    "statement": "It reads what the student states about its answers: for each answer it gives with some mass, "
-                 "its next-token distribution after `<bos> <answer> is`, averaged under its answer distribution "
-                 "(two hops: the answer, then what the student says of it).",
+    "kmeans": "It reads which of COMPONENTS k-means clusters of the student's standardized last hidden states "
+              "(train and eval, no label) each input falls in.",
 }
 ORIENT_WHY = {
-    "cells": "Then, per elicited variable, the weak labels' covariance with it (shrunk by SHRINK pseudo-examples) "
+    "cells": "Then, per variable, the weak labels' covariance with it (shrunk by SHRINK pseudo-examples) "
              "says which side means label 1; the score is each input's variables weighted by those covariances, "
              "so the teacher's noise averages out over all inputs that share a variable.",
-    "probe": "Then a linear probe on the elicited variables is fit to the weak labels.",
+    "probe": "Then a linear probe on the variables is fit to the weak labels.",
 }
 CELLS = '''
 def questions(ids, mask):
@@ -45,7 +43,7 @@ def questions(ids, mask):
 
 
 def orient_cells(ctx, z_train, z_eval):
-    """P(label = 1) (N_e,) from elicited variables: weak-label covariance per variable, per question."""
+    """P(label = 1) (N_e,) from variables: weak-label covariance per variable, per question."""
     weak = ctx.weak_labels.float()
     q_train, q_eval = questions(ctx.train_ids, ctx.train_mask), questions(ctx.eval_ids, ctx.eval_mask)
     score = torch.zeros(len(z_eval))  # a question B never asks stays at P = 0.5
@@ -58,7 +56,7 @@ def orient_cells(ctx, z_train, z_eval):
 '''
 PROBE = '''
 def orient_probe(ctx, z_train, z_eval):
-    """P(label = 1) (N_e,) from a probe on the elicited variables, fit to the weak labels."""
+    """P(label = 1) (N_e,) from a probe on the variables, fit to the weak labels."""
     # principal coordinates have arbitrary scales; distributions over tokens are used as they are
     return ctx.fit_probe(z_train, ctx.weak_labels, standardize=(READ == "hidden"))(z_eval)
 '''
@@ -77,32 +75,21 @@ def read(ctx):
     """(z_train, z_eval): the student's next-token distributions (N, V)."""
     return ctx.features("train", kind="softmax"), ctx.features("eval", kind="softmax")
 ''',
-    "statement": '''
-MASS = 0.01  # an answer is read about if the student gives it this much mass on some input
-VERB = "is"  # statements about values in the built-in world read `<value> is <property>`
-
-
-@torch.no_grad()
-def next_token_probs(model, ids, batch_size=512):
-    """(N, V) next-token distribution after unpadded prompts ids (N, T)."""
-    device = next(model.parameters()).device
-    out = [torch.softmax(model(input_ids=ids[i:i + batch_size].to(device)).logits[:, -1].float(), -1).cpu()
-           for i in range(0, len(ids), batch_size)]
-    return torch.cat(out)
-
-
+    "kmeans": '''
 def read(ctx):
-    """(z_train, z_eval): E over the student's answers of what it states about them, (N, V)."""
-    a_train, a_eval = ctx.features("train", kind="softmax"), ctx.features("eval", kind="softmax")
-    tok = ctx.student.tokenizer
-    verb = tok.convert_tokens_to_ids(VERB)
-    if verb is None or verb == tok.unk_token_id:  # no statement layout to ask in: read the answers
-        return a_train, a_eval
-    answers = torch.nonzero(torch.cat([a_train, a_eval]).amax(0) >= MASS).squeeze(1)  # (C,)
-    prompts = torch.stack([torch.full_like(answers, tok.bos_token_id), answers, torch.full_like(answers, verb)], 1)
-    said = next_token_probs(ctx.student.model, prompts)  # (C, V) what it states about each answer
-    compose = lambda a: (a[:, answers] / a[:, answers].sum(1, keepdim=True).clamp_min(1e-8)) @ said  # noqa: E731
-    return compose(a_train), compose(a_eval)
+    """(z_train, z_eval): one-hot clusters of k-means (COMPONENTS centres) on the standardized hidden states."""
+    h_train, h_eval = ctx.features("train", kind="hidden"), ctx.features("eval", kind="hidden")
+    h = torch.cat([h_train, h_eval])
+    h = (h - h.mean(0)) / h.std(0).clamp_min(1e-6)
+    g = torch.Generator().manual_seed(ctx.seed)
+    centres = h[torch.randperm(len(h), generator=g)[:COMPONENTS]].clone()  # (K, D)
+    for _ in range(20):  # Lloyd's iterations
+        assign = torch.cdist(h, centres).argmin(1)  # (N,)
+        for k in range(COMPONENTS):
+            if (assign == k).any():
+                centres[k] = h[assign == k].mean(0)
+    z = F.one_hot(torch.cdist(h, centres).argmin(1), COMPONENTS).float()  # (N, K)
+    return z[: len(h_train)], z[len(h_train):]
 ''',
 }
 RUN = '''
@@ -114,7 +101,7 @@ def run(ctx):
 
 def canonical(p: dict) -> dict:
     keep = ["read", "orient"] + (["per_question", "shrink"] if p["orient"] == "cells" else [])
-    return {k: p[k] for k in keep + (["components"] if p["read"] == "hidden" else [])}
+    return {k: p[k] for k in keep + (["components"] if p["read"] in ("hidden", "kmeans") else [])}
 
 
 def trains(p: dict) -> bool:
@@ -123,6 +110,6 @@ def trains(p: dict) -> bool:
 
 
 def write(p: dict) -> str:
-    title = f"elicit: read the student's {p['read']}, orient by {p['orient']}"
+    title = f"cluster: read the student's {p['read']}, orient by {p['orient']}"
     code = [READ[p["read"]], CELLS if p["orient"] == "cells" else PROBE, RUN.replace("{orient}", p["orient"])]
     return render(NAME, title, READ_WHY[p["read"]] + " " + ORIENT_WHY[p["orient"]], param_rows(p, NOTES), code)
