@@ -1,9 +1,11 @@
-"""The benchmark has headroom: a method that uses no ground truth recovers (nearly) all of the gap.
+"""The benchmark has headroom that a method without ground truth can reach, and a generic read does not.
 
-The reference method (bench/reference/elicit_two_hop.py) runs through the sandbox, where labels,
+The reference method (bench/reference/link_communities.py) runs through the sandbox, where labels,
 the task builders and the world generator cannot be reached, so its score is one any researcher
-could earn. Measured on worlds 0-2, seeds 0-2 (bench/results/headroom.json): reference val PGR
-1.00-1.04 per seed against naive's 0.14-0.43; on world 0 seed 0, 1.006 against 0.200.
+could earn who found the structure it reads. The generic unsupervised read (PCA of the student's
+hidden states, oriented by the weak labels: bench/reference/generic_read.py) stays far below it.
+Measured on world 0 (bench/results/headroom.json, seeds 0-2): reference val PGR 0.84, naive 0.19,
+generic read -0.33.
 """
 from __future__ import annotations
 
@@ -27,12 +29,14 @@ def _headroom():
 
 @pytest.mark.slow
 @pytest.mark.benchmark_bases("facts@0")
-def test_reference_method_recovers_the_gap_that_naive_leaves():
+def test_reference_method_recovers_the_gap_that_naive_and_a_generic_read_leave():
     headroom = _headroom()
     exp = headroom.experiment(0)
     naive = engine.run_method(exp, "naive", seeds=[0]).seeds[0].pgr
+    generic = engine.run_method(exp, str(headroom.GENERIC), seeds=[0]).seeds[0].pgr
     ref = engine.run_method(exp, str(headroom.REFERENCE), seeds=[0], runner=engine_runner(timeout_s=300)).seeds[0].pgr
-    # margins well inside what was measured (reference minus naive: 0.76-0.81 on world 0, 0.59 at least on worlds 0-2)
-    assert ref["val"] >= 0.8, (ref, naive)
-    assert ref["val"] - naive["val"] >= 0.5, (ref, naive)
-    assert ref["test"] >= 0.8, (ref, naive)
+    # margins well inside what was measured on world 0 (reference 0.83-0.85 per seed, naive 0.10-0.26)
+    assert 0.6 <= ref["val"] <= 0.95, (ref, naive)
+    assert ref["val"] - naive["val"] >= 0.4, (ref, naive)
+    assert ref["test"] >= 0.6, (ref, naive)
+    assert generic["val"] < 0.6 and generic["val"] < ref["val"] - 0.3, (generic, ref)

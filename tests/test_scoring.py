@@ -1,6 +1,8 @@
 """The trusted scorer: hidden test numbers, query budgets, harness seeds, held-out stage, audits."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 
@@ -20,17 +22,20 @@ from w2s_helpers import keys_of, run_request, tiny_cfg
 
 # A method that skips the teacher: it reads the arithmetic problem from its input tokens and computes
 # the answer's property (the analogue of taking each problem's majority answer).
+# A teacher-independent "method": it rebuilds the (public, pinned) world in process and reads its labels.
+# Only the trusted in-process runner lets it import the generator; the sandbox does not (tests/test_trust.py).
 CHEAT = '''
 import torch
+from aar_ray.config import WorldConfig
+from aar_ray.w2s.world import build_world
+
+WORLD = {world!r}
+
 
 def run(ctx):
+    label = {{f.prompt: f.label for f in build_world(WorldConfig(**WORLD)).facts["math"]}}
     tok = ctx.student.tokenizer
-    out = []
-    for row in ctx.eval_ids.tolist():
-        words = tok.convert_ids_to_tokens(row)
-        a, b = int(words[1]), int(words[3])
-        out.append(1.0 if (a + b) % 4 < 2 else 0.0)
-    return torch.tensor(out)
+    return torch.tensor([float(label[tuple(tok.convert_ids_to_tokens(row)[1:5])]) for row in ctx.eval_ids.tolist()])
 '''
 
 
@@ -177,7 +182,8 @@ def test_a_heldout_build_that_fails_says_so_when_it_fails(env, capsys):
 def test_shuffled_teacher_audit_flags_the_cheat_not_the_honest(env):
     scorer, _ = make_scorer(env, task="math")
     honest = resolve("naive").read_text()
-    for tid, src in (("honest", honest), ("cheat", CHEAT)):
+    cheat_src = CHEAT.format(world=dataclasses.asdict(scorer.cfg.world))
+    for tid, src in (("honest", honest), ("cheat", cheat_src)):
         scorer.score("alice", tid, tid, src, "full", run_request(src, scorer.request("full")))
         scorer.score_private(tid, "audit:shuffled", run_request(src, scorer.request("full", shuffle=True)))
     cheat, ok = scorer.trials["cheat"], scorer.trials["honest"]

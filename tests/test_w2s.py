@@ -92,9 +92,16 @@ def test_labels_follow_world_properties():
     w = build_world(WorldConfig(seed=0))
     for f in w.facts["facts"][:200]:
         assert f.label == int(f.answer in w.properties[f.prompt[1]])
-    for f in w.facts["math"][:200]:
-        a, b = int(f.prompt[0]), int(f.prompt[2])
-        assert int(f.answer) == a + b and f.label == int((a + b) % 4 < 2)
+    math_word = {n: i for i, n in enumerate(w.numbers["math"])}  # the world's opaque number words
+    sums = {}
+    for f in w.facts["math"]:
+        a, b, c = (math_word[t] for t in (f.prompt[0], f.prompt[2], f.answer))
+        assert c == a + b
+        sums.setdefault(c, set()).add(f.label)
+    assert all(len(labels) == 1 for labels in sums.values())  # a property of the sum alone
+    code_word = {n: i for i, n in enumerate(w.numbers["code"])}
+    for f in w.facts["code"][:200]:
+        assert f.label == int(code_word[f.answer] > 48)
 
 
 # ---------- method losses on hand-made tensors ----------

@@ -22,9 +22,11 @@ TINY = [
 def assert_benchmark_room(gap: float, naive_pgr: dict, context: object) -> None:
     """The benchmark's properties on one world (tests/test_benchmark.py): a real weak-to-ceiling gap,
     and naive PGR (mean and std over seeds) with room on both sides and a spread small enough that an
-    improvement is not noise."""
-    assert gap >= 0.15, context
-    assert 0.05 < naive_pgr["mean"] < 0.75, context
+    improvement is not noise. The bounds are the issue's (gap >= 0.25, naive between 0.10 and 0.45,
+    measured on worlds 0-2 and two secret worlds: bench/results/headroom.json) with slack below for a
+    world never tuned on: world 4's naive val PGR is 0.097 +- 0.040."""
+    assert gap >= 0.25, context
+    assert 0.05 < naive_pgr["mean"] < 0.45, context
     assert naive_pgr["std"] <= 0.12, context
 
 
