@@ -14,6 +14,7 @@ deterministic, so a method file run once on a world is not run again for another
 predictions are reused (`memo`), and every team is still scored, and counted, for each of its trials.
 Writes bench/results/research.json: {"worlds": {"0": {...}, ...}, ...}.
 Run alone: .venv/bin/python bench/research.py [trials_per_researcher] [world seeds...]
+      or:  .venv/bin/python bench/research.py reference  (take the reference's numbers from headroom.json)
 """
 from __future__ import annotations
 
@@ -178,18 +179,41 @@ def best_heldout(scorer, rows: list[dict], prefix: str, memo: dict) -> dict:
     return out
 
 
-def reference(world: int) -> dict:
-    """The headroom reference's PGR on `world`, from bench/results/headroom.json when it holds the world
-    (same config and seeds), else measured now."""
+REFERENCE_KEYS = ("reference_val_pgr", "reference_test_pgr", "reference_math_pgr", "reference_code_pgr")
+
+
+def _headroom_worlds() -> dict:
+    """bench/results/headroom.json's worlds when it was measured at this commit, else {}."""
+    from bench.headroom import git_sha
+
     path = ROOT / "bench/results/headroom.json"
-    worlds = json.loads(path.read_text()).get("worlds", {}) if path.is_file() else {}
-    r = worlds.get(str(world))
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return data.get("worlds", {}) if data.get("git_sha") == git_sha() else {}
+
+
+def refresh_reference() -> None:
+    """Copy the reference's numbers from headroom.json into research.json (both measured at one commit):
+    the two benches can run side by side, the research bench then measuring the reference again."""
+    path = ROOT / "bench/results/research.json"
+    out, worlds = json.loads(path.read_text()), _headroom_worlds()
+    if out.get("git_sha") not in (None, "") and not worlds:
+        raise SystemExit("bench/results/headroom.json was not measured at this commit: run bench/headroom.py first")
+    for w, r in out["worlds"].items():
+        if w in worlds:
+            r |= {k: worlds[w][k] for k in REFERENCE_KEYS if k in worlds[w]}
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"research bench: reference numbers of worlds {sorted(set(out['worlds']) & set(worlds))} from headroom.json")
+
+
+def reference(world: int) -> dict:
+    """The headroom reference's PGR on `world`, from bench/results/headroom.json when it was measured at
+    this commit and holds the world (same config and seeds), else measured now."""
+    r = _headroom_worlds().get(str(world))
     if r is None:
         from bench.headroom import world_scores
 
         r = world_scores(world, audits=False)
-    return {k: r[k] for k in ("reference_val_pgr", "reference_test_pgr", "reference_math_pgr", "reference_code_pgr")
-            if k in r}
+    return {k: r[k] for k in REFERENCE_KEYS if k in r}
 
 
 def _naive(scorer, memo: dict) -> dict:
@@ -245,5 +269,8 @@ def main(trials_each: int = 8, worlds: list[int] = WORLDS) -> dict:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["reference"]:
+        refresh_reference()
+        sys.exit(0)
     args = [int(a) for a in sys.argv[1:]]
     main(args[0] if args else 8, args[1:] or WORLDS)
