@@ -56,12 +56,16 @@ def test_pasted_generator_rebuilds_a_public_world_but_not_the_secret_one(cache, 
 
 
 @pytest.mark.slow
-def test_seed_and_split_pickers_score_no_better_than_honest(cache, tmp_path):
+@pytest.mark.benchmark_bases("facts@0")
+def test_seed_and_split_pickers_score_no_better_than_honest(tmp_path):
     """Choosing seeds or guessing splits cannot pay: every seed counts, and val and test are mixed."""
+    from aar_ray.config import W2SConfig, load_config
     from aar_ray.sandbox.cli import val_trial
     from aar_ray.w2s.methods import resolve
 
-    cfg = tiny_cfg("world.seed=4")  # a pinned tiny world where naive recovers part of the gap on both seeds
+    # the benchmark's world 0 (bases shared with the benchmark tests), where naive recovers part of the
+    # gap on both seeds (val PGR 0.22 and 0.26); tiny worlds are too small for a stable one
+    cfg = load_config(W2SConfig, ROOT / "experiments/w2s_quick.yaml", ["world.seed=0", "seeds=[0,1]", "torch_threads=1"])
     naive = resolve("naive").read_text()
     picker = tmp_path / "seed_picker.py"
     picker.write_text(naive.replace("def run(ctx) -> torch.Tensor:", "def _naive(ctx):") + '''
